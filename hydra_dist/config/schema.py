@@ -1,0 +1,222 @@
+"""The one config schema. Each section is owned by the package that reads it.
+
+Dataclass defaults are the tiny CPU run, so `hydra-pretrain` with no file trains
+something real. No torch import here: configs are validated before any process
+group starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+
+@dataclass
+class ViTConfig:
+    """HYDRA-TOK backbone: one pure ViT split into Gen-ViT and Sem-ViT."""
+    image_size: int = 32
+    patch_size: int = 4
+    hidden_size: int = 64
+    num_heads: int = 4
+    mlp_size: int = 256
+    gen_layers: int = 2
+    sem_layers: int = 2
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class GSBConfig:
+    """Generation-Semantic Bottleneck (DESIGN.md 1)."""
+    latent_channels: int = 16
+    logvar_min: float = -30.0
+    logvar_max: float = 20.0
+    kl_weight: float = 1e-4
+    cos_weight: float = 1.0
+    # Which implementation of the fused GSB ops runs: see docs/kernels.md.
+    kernel: Literal["auto", "fused", "reference"] = "auto"
+
+
+@dataclass
+class LLMConfig:
+    """Qwen2.5-architecture decoder."""
+    vocab_size: int = 384
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    ffn_size: int = 384
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class HeadConfig:
+    """Projector (LLM input) and flow head (LLM output, AdaLN-Zero)."""
+    merge: int = 2               # merge x merge patches -> one LLM token
+    flow_head_layers: int = 2
+    flow_head_hidden: int = 256
+    time_embed_dim: int = 128
+
+
+@dataclass
+class ModelConfig:
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    gsb: GSBConfig = field(default_factory=GSBConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    # Our choice where the paper is silent: Gen-ViT and GSB are frozen in the unified stages.
+    freeze: List[str] = field(default_factory=lambda: ["gen_vit", "gsb"])
+    ntp_weight: float = 1.0
+    fm_weight: float = 1.0
+    # Rectified-flow time sampling for generation samples.
+    time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    init_std: float = 0.02
+
+
+@dataclass
+class ParallelConfig:
+    engine: Literal["deepspeed"] = "deepspeed"
+    tp: int = 1
+    pp: int = 1
+    zero_stage: int = 3
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    activation_checkpointing: bool = False
+    # Collectives that take longer than this fail with a message instead of hanging.
+    timeout_s: int = 600
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+@dataclass
+class SyntheticDataConfig:
+    """Shapes-and-colours image-caption set written as MDS by the project itself."""
+    num_samples: int = 2048
+    seed: int = 1234
+
+
+@dataclass
+class DataConfig:
+    # MDS folder (or remote URI); empty means: generate the synthetic set into the run folder.
+    path: str = ""
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    tokenizer: str = "byte"      # "byte" or a local Hugging Face tokenizer folder
+    max_text_tokens: int = 48
+    # Share of generation samples (image from caption); the rest are understanding samples.
+    generation_fraction: float = 0.5
+    shuffle: bool = True
+    seed: int = 17
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 5
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 60
+    seed: int = 42
+    log_every: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 20
+    keep_last: int = 2
+    resume: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "hydra-tiny"
+    run_name: str = ""
+    # Empty: MLFLOW_TRACKING_URI if set, else an SQLite store in the run folder.
+    uri: str = ""
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny_cpu"
+    output_dir: str = "runs/tiny_cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Impossible values as (key path, reason). Layout checks that need the world size live
+    in `check_layout`."""
+    errs: list[tuple[str, str]] = []
+    m, v, llm = cfg.model, cfg.model.vit, cfg.model.llm
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            errs.append((key, why))
+
+    need(v.image_size % v.patch_size == 0, "model.vit.image_size",
+         f"{v.image_size} is not a multiple of model.vit.patch_size={v.patch_size}")
+    grid = v.image_size // max(v.patch_size, 1)
+    need(grid % m.head.merge == 0, "model.head.merge",
+         f"patch grid {grid}x{grid} is not divisible by merge={m.head.merge}")
+    need(v.hidden_size % v.num_heads == 0, "model.vit.num_heads",
+         f"hidden_size {v.hidden_size} is not divisible by {v.num_heads} heads")
+    need(llm.hidden_size % llm.num_heads == 0, "model.llm.num_heads",
+         f"hidden_size {llm.hidden_size} is not divisible by {llm.num_heads} heads")
+    need(llm.num_heads % llm.num_kv_heads == 0, "model.llm.num_kv_heads",
+         f"{llm.num_heads} query heads are not a multiple of {llm.num_kv_heads} KV heads")
+    need(llm.vocab_size >= 260, "model.llm.vocab_size",
+         "must be at least 260 (the byte tokenizer's 256 bytes + 4 specials)")
+    need(m.gsb.latent_channels > 0, "model.gsb.latent_channels", "must be positive")
+    for name in m.freeze:
+        need(name in ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head"),
+             "model.freeze", f"unknown part {name!r}")
+    p = cfg.parallel
+    need(p.tp >= 1, "parallel.tp", "must be >= 1")
+    need(p.pp >= 1, "parallel.pp", "must be >= 1")
+    need(p.zero_stage in (0, 1, 2, 3), "parallel.zero_stage", f"{p.zero_stage} is not 0, 1, 2 or 3")
+    need(p.micro_batch_size >= 1, "parallel.micro_batch_size", "must be >= 1")
+    need(p.grad_accum >= 1, "parallel.grad_accum", "must be >= 1")
+    need(p.timeout_s > 0, "parallel.timeout_s", "must be positive")
+    need(0.0 <= cfg.data.generation_fraction <= 1.0, "data.generation_fraction",
+         f"{cfg.data.generation_fraction} is not within [0, 1]")
+    need(cfg.data.max_text_tokens >= 4, "data.max_text_tokens", "must be >= 4")
+    o = cfg.train.optim
+    need(o.lr > 0, "train.optim.lr", "must be positive")
+    need(len(o.betas) == 2, "train.optim.betas", f"needs 2 values, got {len(o.betas)}")
+    need(cfg.train.steps >= 1, "train.steps", "must be >= 1")
+    need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
+    need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
+    return errs
+
+
+def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
+    """Layout errors for a given world size, found before any process group starts."""
+    p, errs = cfg.parallel, []
+    if world_size % (p.tp * p.pp) != 0:
+        errs.append(("parallel.tp", f"world size {world_size} is not divisible by "
+                     f"tp*pp = {p.tp}*{p.pp}"))
+    if p.engine == "deepspeed" and p.pp != 1:
+        errs.append(("parallel.pp", "the deepspeed engine runs ZeRO over DP x TP only; "
+                     "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism (use pp=1)"))
+    llm = cfg.model.llm
+    for key, n in (("model.llm.num_heads", llm.num_heads), ("model.llm.num_kv_heads", llm.num_kv_heads),
+                   ("model.vit.num_heads", cfg.model.vit.num_heads)):
+        if n % p.tp:
+            errs.append((key, f"{n} heads are not divisible by parallel.tp={p.tp}"))
+    if llm.vocab_size % p.tp:
+        errs.append(("model.llm.vocab_size", f"{llm.vocab_size} is not divisible by parallel.tp={p.tp}"))
+    return errs
