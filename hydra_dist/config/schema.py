@@ -123,15 +123,17 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 60
+    steps: int = 200
     seed: int = 42
     log_every: int = 1
+    # Save and exit at this step though train.steps is larger (0 = off): time-sliced jobs, tests.
+    stop_at_step: int = 0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 20
+    every: int = 50
     keep_last: int = 2
     resume: bool = True
 

@@ -1,0 +1,123 @@
+"""Atomic, resumable training checkpoints.
+
+Layout under <run>/checkpoints:
+  step00000020/          DeepSpeed shards (every rank writes its own) +
+    trainer_state.json   step, consumed samples/tokens, data position, MLflow run id
+    rank_state/rankN.pt  RNG states of rank N (tensors and plain lists: weights_only loadable)
+    manifest.json        every file with its size; written last, checked on load
+  latest                 the tag of the newest complete checkpoint
+A save goes to .tmp-stepN and is renamed only after every rank finished, and `latest` moves only
+after the rename: a crash mid-save leaves the previous checkpoint as latest.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+MANIFEST = "manifest.json"
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "python_pos": random.getstate()[2],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    random.setstate((3, tuple(st["python"]), st["python_pos"]))
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    if st["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): p.stat().st_size
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.replace(folder / MANIFEST)
+
+
+def verify(folder: Path) -> Optional[str]:
+    """None if the checkpoint is complete, else what is wrong."""
+    mf = folder / MANIFEST
+    if not mf.is_file():
+        return f"{folder}: no {MANIFEST} (incomplete save)"
+    for rel, size in json.loads(mf.read_text())["files"].items():
+        p = folder / rel
+        if not p.is_file():
+            return f"{folder}: missing {rel}"
+        if p.stat().st_size != size:
+            return f"{folder}: {rel} has {p.stat().st_size} bytes, manifest says {size}"
+    return None
+
+
+class CheckpointManager:
+    def __init__(self, root: Path, keep_last: int, rank: int):
+        self.root, self.keep_last, self.rank = Path(root), keep_last, rank
+
+    def latest(self) -> Optional[str]:
+        f = self.root / "latest"
+        if not f.is_file():
+            return None
+        tag = f.read_text().strip()
+        problem = verify(self.root / tag)
+        if problem:
+            raise RuntimeError(f"latest checkpoint is damaged: {problem}")
+        return tag
+
+    def save(self, engine, step: int, trainer_state: Dict[str, Any]) -> str:
+        tag, tmp_tag = f"step{step:08d}", f".tmp-step{step:08d}"
+        tmp = self.root / tmp_tag
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        _barrier()
+        engine.save_checkpoint(str(self.root), tag=tmp_tag, save_latest=False)
+        (tmp / "rank_state").mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / "rank_state" / f"rank{self.rank}.pt")
+        _barrier()
+        if self.rank == 0:
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            _write_manifest(tmp)
+            final = self.root / tag
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            latest_tmp = self.root / "latest.tmp"
+            latest_tmp.write_text(tag)
+            latest_tmp.replace(self.root / "latest")
+            self._prune(keep=tag)
+        _barrier()
+        return tag
+
+    def _prune(self, keep: str) -> None:
+        tags = sorted(p.name for p in self.root.glob("step*") if p.is_dir())
+        for old in tags[: max(0, len(tags) - self.keep_last)]:
+            if old != keep:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+
+    def load(self, engine, tag: str) -> Dict[str, Any]:
+        folder = self.root / tag
+        load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint to load")
+        rank_file = folder / "rank_state" / f"rank{self.rank}.pt"
+        if rank_file.is_file():  # absent when the world size changed; RNG then restarts per seed
+            set_rng_state(torch.load(rank_file, weights_only=True))
+        return json.loads((folder / "trainer_state.json").read_text())

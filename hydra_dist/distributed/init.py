@@ -1,0 +1,80 @@
+"""Process groups from torchrun or SLURM env, with timeouts, and megatron parallel_state."""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Layout:
+    rank: int
+    world: int
+    local_rank: int
+    tp: int
+    pp: int
+    dp: int
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+
+    @property
+    def holds_loss(self) -> bool:
+        """Metrics are logged by the last pipeline stage, tp 0, dp 0 (DESIGN.md 2)."""
+        return self.pp_rank == self.pp - 1 and self.tp_rank == 0 and self.dp_rank == 0
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun, else SLURM, else a single process."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                int(os.environ.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "MASTER_ADDR" in os.environ:
+        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
+                int(os.environ.get("SLURM_LOCALID", 0)))
+    return 0, 1, 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(tp: int, pp: int, timeout_s: int, backend: str = "auto") -> Layout:
+    rank, world, local_rank = env_world()
+    if world == 1:  # a plain single process still gets a (size-1) group: one code path
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", str(world)))
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout_s))
+    from hydra_dist.distributed import megatron_compat
+    megatron_compat.apply_if_needed()
+    from megatron.core import parallel_state as ps
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                     distributed_timeout_minutes=max(1, timeout_s // 60))
+    return Layout(rank=rank, world=world, local_rank=local_rank, tp=tp, pp=pp,
+                  dp=ps.get_data_parallel_world_size(),
+                  tp_rank=ps.get_tensor_model_parallel_rank(),
+                  pp_rank=ps.get_pipeline_model_parallel_rank(),
+                  dp_rank=ps.get_data_parallel_rank())
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state as ps
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

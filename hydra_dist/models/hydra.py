@@ -1,0 +1,113 @@
+"""HYDRA: HYDRA-TOK's ViT (Gen-ViT -> GSB -> Sem-ViT) feeding a Qwen2.5 LLM with two heads.
+
+Understanding: image -> Gen-ViT -> GSB mu (no noise) -> un-project -> Sem-ViT -> projector -> LLM.
+Generation: mu is noised by rectified flow x_t = (1-t) mu + t eps, then the same path; the flow
+head on the visual positions regresses v = eps - mu. L = ntp_weight L_NTP + fm_weight L_FM.
+Every sample runs the full vision path (dummy images carry image_weight 0), so every rank issues
+the same collectives every step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hydra_dist.config.schema import ModelConfig
+from hydra_dist.ops.attention import build_mask
+
+from .gsb import GSB
+from .heads import FlowHead, Projector, merge_patches
+from .layers import mp_config
+from .llm import QwenLM, ntp_loss
+from .vit import PatchEmbed, ViTStack
+
+PARTS = ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head")
+
+
+class HydraModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        mp = mp_config()
+        v, std = cfg.vit, cfg.init_std
+        depth = v.gen_layers + v.sem_layers
+        self.patch = PatchEmbed(v, std)
+        self.gen_vit = ViTStack(mp, v, v.gen_layers, std, depth)
+        self.gsb = GSB(cfg.gsb, v.hidden_size)
+        self.sem_vit = ViTStack(mp, v, v.sem_layers, std, depth)
+        self.projector = Projector(mp, v.hidden_size, cfg.llm.hidden_size, cfg.head.merge, std)
+        self.llm = QwenLM(mp, cfg.llm, std)
+        m2 = cfg.head.merge ** 2
+        self.flow_head = FlowHead(cfg.llm.hidden_size, m2 * cfg.gsb.latent_channels,
+                                  cfg.head.flow_head_layers, cfg.head.flow_head_hidden,
+                                  cfg.head.time_embed_dim)
+        self.apply_freeze(cfg.freeze)
+
+    def part_modules(self) -> dict:
+        return {"gen_vit": [self.patch, self.gen_vit], "gsb": [self.gsb], "sem_vit": [self.sem_vit],
+                "projector": [self.projector], "llm": [self.llm], "flow_head": [self.flow_head]}
+
+    def apply_freeze(self, frozen) -> None:
+        for name, mods in self.part_modules().items():
+            for mod in mods:
+                for p in mod.parameters():
+                    p.requires_grad_(name not in frozen)
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        for m in (self.gen_vit, self.sem_vit, self.llm):
+            m.checkpointing = on
+
+    # --- pieces -------------------------------------------------------------------------
+    def encode_latent(self, images_B3HW):
+        """Clean GSB latent mu [B,N,C] (Gen-ViT -> W_proj, no sampling)."""
+        frozen = not any(p.requires_grad for p in self.gen_vit.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            h_mid = self.gen_vit(self.patch(images_B3HW))
+            mu, _, _, _ = self.gsb.encode(h_mid, sample=False)
+        return mu
+
+    def visual_tokens(self, latent_BNC):
+        return self.projector(self.sem_vit(self.gsb.decode(latent_BNC)))
+
+    def sample_time(self, n: int, gen: torch.Generator, device):
+        if self.cfg.time_sampling == "logit_normal":
+            t = torch.sigmoid(torch.randn(n, generator=gen))
+        else:
+            t = torch.rand(n, generator=gen)
+        return t.to(device)
+
+    # --- training forward --------------------------------------------------------------
+    def forward(self, batch: dict, noise_seed: int = 0, ntp_den=None, fm_den=None) -> dict:
+        """ntp_den / fm_den: the loss denominators (labelled tokens, weighted generation samples).
+        The trainer passes global counts / dp so that DeepSpeed's gradient averaging over DP
+        yields the exact global per-token mean, whatever each rank's mix of tasks."""
+        images = batch["images"].to(self.patch.proj.weight.dtype)
+        B = images.shape[0]
+        mu = self.encode_latent(images)
+        if not self.gsb.proj.weight.requires_grad:
+            mu = mu.detach()  # flow target from a frozen tokenizer
+        # Noise from a seed the trainer derives from (step, micro-batch, dp rank): identical on
+        # TP peers, reproducible on resume.
+        gen = torch.Generator().manual_seed(int(noise_seed))
+        is_gen = batch["is_gen"].to(mu.dtype)
+        t = self.sample_time(B, gen, mu.device) * is_gen
+        eps = torch.randn(mu.shape, generator=gen).to(mu)
+        tt = t[:, None, None].to(mu.dtype)
+        x_t = (1 - tt) * mu + tt * eps
+        vis_BMH = self.visual_tokens(x_t)
+
+        emb = self.llm.embed_tokens(batch["input_ids"])
+        idx = batch["visual_index"][..., None].expand(-1, -1, emb.shape[-1])
+        emb = emb.scatter(1, idx, vis_BMH.to(emb.dtype))
+        mask = build_mask(batch["segment_ids"], batch["image_ids"])
+        h = self.llm(emb, mask, batch["position_ids"])
+
+        l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)
+        h_vis = torch.gather(h, 1, idx)
+        v_pred = self.flow_head(h_vis, t)
+        v_target = merge_patches(eps - mu, self.cfg.head.merge)
+        per_sample = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
+        w = is_gen.float() * batch["image_weight"].float()
+        l_fm = (per_sample * w).sum() / (w.sum().clamp(min=1.0) if fm_den is None else fm_den)
+        loss = self.cfg.ntp_weight * l_ntp + self.cfg.fm_weight * l_fm
+        return {"loss": loss, "ntp": l_ntp.detach(), "fm": l_fm.detach(),
+                "ntp_tokens": n_tok.detach(), "fm_samples": w.sum().detach()}

@@ -1,0 +1,68 @@
+"""Qwen2.5-architecture decoder on megatron-core layers: RMSNorm, SwiGLU, RoPE (theta 1e6),
+grouped-query attention with QKV bias, vocab-parallel embedding and LM head."""
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from torch import nn
+
+from hydra_dist.config.schema import LLMConfig
+
+from .layers import RMSNorm, SelfAttention, SwiGLU, col_linear, normal_init, rope_cos_sin, scaled_std
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, mp, c: LLMConfig, std: float):
+        super().__init__()
+        out_std = scaled_std(std, c.num_layers)
+        self.input_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.attn = SelfAttention(mp, c.hidden_size, c.num_heads, c.num_kv_heads, std,
+                                  qkv_bias=True, out_bias=False, out_std=out_std)
+        self.post_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = SwiGLU(mp, c.hidden_size, c.ffn_size, std, out_std)
+
+    def forward(self, x, mask, rope):
+        x = x + self.attn(self.input_norm(x), mask, rope)
+        return x + self.mlp(self.post_norm(x))
+
+
+class QwenLM(nn.Module):
+    def __init__(self, mp, c: LLMConfig, std: float):
+        super().__init__()
+        self.cfg = c
+        self.embed = tensor_parallel.VocabParallelEmbedding(
+            c.vocab_size, c.hidden_size, init_method=normal_init(std), config=mp)
+        self.layers = nn.ModuleList(DecoderLayer(mp, c, std) for _ in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.lm_head = None if c.tie_word_embeddings else col_linear(mp, c.hidden_size, c.vocab_size, std, False)
+        self.checkpointing = False
+
+    def embed_tokens(self, input_ids_BS):
+        return self.embed(input_ids_BS)
+
+    def forward(self, x_BSH, mask, position_ids_BS):
+        rope = rope_cos_sin(position_ids_BS, self.cfg.hidden_size // self.cfg.num_heads,
+                            self.cfg.rope_theta, x_BSH.dtype)
+        for layer in self.layers:
+            if self.checkpointing and torch.is_grad_enabled():
+                x_BSH = torch.utils.checkpoint.checkpoint(layer, x_BSH, mask, rope, use_reentrant=False)
+            else:
+                x_BSH = layer(x_BSH, mask, rope)
+        return self.norm(x_BSH)
+
+    def logits(self, h_BSH):
+        """Vocab-parallel logits [B,S,V/tp]."""
+        if self.lm_head is None:
+            return torch.matmul(h_BSH, self.embed.weight.t())
+        return self.lm_head(h_BSH)[0]
+
+
+def ntp_loss(logits_BSV, labels_BS, denominator=None):
+    """Mean next-token cross-entropy over labelled positions (labels < 0 are ignored), computed
+    on vocab-parallel logits without gathering the vocabulary."""
+    valid = labels_BS >= 0
+    target = labels_BS.clamp(min=0)
+    per_tok = tensor_parallel.vocab_parallel_cross_entropy(logits_BSV.float(), target)
+    count = valid.sum()
+    den = count.clamp(min=1) if denominator is None else denominator
+    return (per_tok * valid).sum() / den, count

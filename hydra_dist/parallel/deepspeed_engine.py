@@ -1,0 +1,100 @@
+"""DeepSpeed engine: ZeRO 0-3 over the data-parallel group, megatron-core TP layers inside.
+
+DeepSpeed learns the layout through `mpu`; megatron's parallel_state lacks the
+get_model_parallel_* names DeepSpeed calls, hence the adapter. The model is built first and
+partitioned by deepspeed.initialize (not zero.Init, which ignores mpu and breaks megatron's
+initialisation; ENVIRONMENT.md).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from megatron.core import parallel_state as ps
+
+from hydra_dist.config.schema import RunConfig
+
+
+class MegatronMpu:
+    """DeepSpeed's mpu interface answered by megatron-core parallel_state."""
+    get_data_parallel_group = staticmethod(ps.get_data_parallel_group)
+    get_data_parallel_rank = staticmethod(ps.get_data_parallel_rank)
+    get_data_parallel_world_size = staticmethod(ps.get_data_parallel_world_size)
+    get_model_parallel_group = staticmethod(ps.get_model_parallel_group)
+    get_tensor_model_parallel_group = staticmethod(ps.get_tensor_model_parallel_group)
+    get_tensor_model_parallel_rank = staticmethod(ps.get_tensor_model_parallel_rank)
+    get_tensor_model_parallel_world_size = staticmethod(ps.get_tensor_model_parallel_world_size)
+    get_tensor_model_parallel_src_rank = staticmethod(ps.get_tensor_model_parallel_src_rank)
+    get_pipeline_model_parallel_rank = staticmethod(ps.get_pipeline_model_parallel_rank)
+    get_pipeline_model_parallel_world_size = staticmethod(ps.get_pipeline_model_parallel_world_size)
+
+    @staticmethod
+    def get_model_parallel_rank():
+        # tp x pp coordinate, which is what DeepSpeed uses to name checkpoint shards
+        return ps.get_tensor_model_parallel_rank() + ps.get_tensor_model_parallel_world_size() * \
+            ps.get_pipeline_model_parallel_rank()
+
+    @staticmethod
+    def get_model_parallel_world_size():
+        return ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size()
+
+
+def ds_config(cfg: RunConfig) -> dict:
+    p = cfg.parallel
+    zero = {"stage": p.zero_stage}
+    if p.zero_stage == 3:
+        # Small buckets keep resident memory down on CPU; on GPU these are overridden per site.
+        zero.update(reduce_bucket_size=int(5e6), stage3_prefetch_bucket_size=int(5e6),
+                    stage3_param_persistence_threshold=0, overlap_comm=False,
+                    stage3_gather_16bit_weights_on_model_save=False)
+    elif p.zero_stage in (1, 2):
+        zero.update(reduce_bucket_size=int(5e6), allgather_bucket_size=int(5e6), overlap_comm=False)
+    return {
+        "train_micro_batch_size_per_gpu": p.micro_batch_size,
+        "gradient_accumulation_steps": p.grad_accum,
+        "gradient_clipping": cfg.train.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": p.precision == "bf16"},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """Trainable parameters only (frozen parts get no optimizer state); no decay on norms/biases."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def lr_lambda(cfg: RunConfig):
+    o, total = cfg.train.optim, cfg.train.steps
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / max(o.warmup_steps, 1)
+        frac = min(1.0, (step - o.warmup_steps) / max(total - o.warmup_steps, 1))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
+    return f
+
+
+def build_deepspeed(model: torch.nn.Module, cfg: RunConfig):
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+    if not torch.cuda.is_available():
+        # shm_comm is only for inference all-reduce; building it costs ~25 s per fresh host.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    o = cfg.train.optim
+    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                            eps=o.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                           config=ds_config(cfg), mpu=MegatronMpu(),
+                                           dist_init_required=False)
+    return engine

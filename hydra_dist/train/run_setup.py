@@ -1,0 +1,102 @@
+"""Everything a run needs before its first step: folders, data, model, engine, tracker."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from hydra_dist.config import RunConfig, dump_yaml, to_dict
+from hydra_dist.distributed.init import Layout
+from hydra_dist.tracking import MLflowTracker, NullTracker, resolve_uri
+
+log = logging.getLogger("hydra_dist")
+
+
+def visual_tokens_per_image(cfg: RunConfig) -> int:
+    v = cfg.model.vit
+    return ((v.image_size // v.patch_size) // cfg.model.head.merge) ** 2
+
+
+def prepare_data(cfg: RunConfig, run_dir: Path, layout: Layout) -> str:
+    """The MDS path to read; generates the synthetic set once (rank 0) when none is given."""
+    if cfg.data.path:
+        if "://" not in cfg.data.path and not (Path(cfg.data.path) / "index.json").is_file():
+            raise FileNotFoundError(f"data.path: {cfg.data.path} has no MDS index.json")
+        return cfg.data.path
+    out = run_dir / "data" / "synthetic"
+    if layout.rank == 0:
+        from hydra_dist.data.synthetic import write_synthetic_mds
+        s = cfg.data.synthetic
+        write_synthetic_mds(out, s.num_samples, s.seed, cfg.model.vit.image_size)
+    dist.barrier()
+    return str(out)
+
+
+def build_loader(cfg: RunConfig, path: str, layout: Layout, state=None):
+    from hydra_dist.data.collate import HydraCollator
+    from hydra_dist.data.loader import StreamingBatches
+    from hydra_dist.data.tokenizer import load_tokenizer
+    tok = load_tokenizer(cfg.data.tokenizer)
+    if tok.vocab_size > cfg.model.llm.vocab_size:
+        raise ValueError(f"model.llm.vocab_size={cfg.model.llm.vocab_size} is smaller than the "
+                         f"tokenizer's {tok.vocab_size} ({cfg.data.tokenizer})")
+    d = cfg.data
+    collate = HydraCollator(tok, cfg.model.vit.image_size, visual_tokens_per_image(cfg),
+                            d.max_text_tokens, d.generation_fraction, d.seed)
+    return StreamingBatches(path, collate, cfg.parallel.micro_batch_size, layout.dp,
+                            layout.tp * layout.pp, d.shuffle, d.seed, d.num_workers, state)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                       stderr=subprocess.DEVNULL, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def make_tracker(cfg: RunConfig, run_dir: Path, layout: Layout, run_id):
+    if not (cfg.tracking.enabled and layout.holds_loss):
+        return NullTracker()
+    uri = resolve_uri(cfg.tracking.uri, run_dir)
+    name = cfg.tracking.run_name or cfg.name
+    if os.environ.get("SLURM_JOB_ID"):
+        name = f"{name}-{os.environ['SLURM_JOB_ID']}"
+    tracker = MLflowTracker(uri, cfg.tracking.experiment, name, run_id)
+    log.info("MLflow run %s at %s", tracker.run_id, uri)
+    return tracker
+
+
+def run_tags(cfg: RunConfig, layout: Layout) -> dict:
+    return {"git_commit": git_commit(), "host": socket.gethostname(), "world_size": layout.world,
+            "layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}-zero{cfg.parallel.zero_stage}",
+            "engine": cfg.parallel.engine, "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "stage": cfg.name}
+
+
+def write_resolved(cfg: RunConfig, run_dir: Path) -> Path:
+    path = run_dir / "config.yaml"
+    dump_yaml(cfg, path)
+    return path
+
+
+def build_model(cfg: RunConfig, layout: Layout):
+    from hydra_dist.models.hydra import HydraModel
+    # Same seed on every rank: megatron slices one master weight, so TP shards line up and
+    # DP replicas start equal.
+    torch.manual_seed(cfg.train.seed)
+    model = HydraModel(cfg.model)
+    model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("model: %.2fM parameters (%.2fM trainable) on this TP rank", n_all / 1e6, n_train / 1e6)
+    return model
+
+
+__all__ = ["build_loader", "build_model", "make_tracker", "prepare_data", "run_tags",
+           "to_dict", "write_resolved"]

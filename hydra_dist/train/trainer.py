@@ -1,0 +1,119 @@
+"""The training loop. Setup lives in run_setup; this file is the loop and its bookkeeping."""
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from hydra_dist.checkpoint import CheckpointManager
+from hydra_dist.config import RunConfig, to_dict
+from hydra_dist.distributed.init import init_distributed, shutdown
+from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+
+from .run_setup import (build_loader, build_model, make_tracker, prepare_data, run_tags,
+                        write_resolved)
+
+log = logging.getLogger("hydra_dist")
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _noise_seed(seed: int, step: int, micro: int, dp_rank: int) -> int:
+    # Tuple hashing of ints is deterministic in CPython (no hash randomisation for ints).
+    return hash((seed, step, micro, dp_rank)) % (2 ** 62)
+
+
+def train(cfg: RunConfig) -> dict:
+    p = cfg.parallel
+    layout = init_distributed(p.tp, p.pp, p.timeout_s, p.backend)
+    try:
+        return _train(cfg, layout)
+    finally:
+        shutdown()
+
+
+def _train(cfg: RunConfig, layout) -> dict:
+    run_dir = Path(cfg.output_dir)
+    if layout.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, run_dir)
+    dist.barrier()
+    data_path = prepare_data(cfg, run_dir, layout)
+    engine = build_deepspeed(build_model(cfg, layout), cfg)
+    device = engine.device
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, layout.rank)
+    state = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "data": None,
+             "mlflow_run_id": None}
+    tag = ckpt.latest() if cfg.checkpoint.resume else None
+    if tag:
+        state = ckpt.load(engine, tag)
+        log.info("resumed from %s at step %d", run_dir / "checkpoints" / tag, state["step"])
+    loader = build_loader(cfg, data_path, layout, state["data"])
+    tracker = make_tracker(cfg, run_dir, layout, state["mlflow_run_id"])
+    if tag is None:
+        tracker.log_params(to_dict(cfg))
+        tracker.set_tags(run_tags(cfg, layout))
+        tracker.log_artifact(str(run_dir / "config.yaml"))
+    metrics_file = run_dir / "metrics.jsonl"
+    ga, step = cfg.parallel.grad_accum, state["step"]
+    from megatron.core import parallel_state as ps
+    dp_group = ps.get_data_parallel_group()
+    stop_at = cfg.train.stop_at_step or cfg.train.steps
+    history = []
+    while step < min(cfg.train.steps, stop_at):
+        t0 = time.perf_counter()
+        batches = [next(loader) for _ in range(ga)]
+        # Global loss denominators for the whole step (all micro-batches, all DP ranks), so
+        # every token and generated image weighs the same wherever it landed.
+        counts = torch.tensor([sum(float(b["labels"].ge(0).sum()) for b in batches),
+                               sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches),
+                               sum(float(b["segment_ids"].gt(0).sum()) for b in batches)],
+                              dtype=torch.float64)
+        dist.all_reduce(counts, group=dp_group)
+        ntp_den = max(counts[0].item(), 1.0) / (layout.dp * ga)
+        fm_den = max(counts[1].item(), 1.0) / (layout.dp * ga)
+        acc = torch.zeros(3, dtype=torch.float64)  # loss, ntp, fm: global means after the sum
+        for micro, batch in enumerate(batches):
+            batch = _to_device(batch, device)
+            out = engine(batch, noise_seed=_noise_seed(cfg.train.seed, step, micro, layout.dp_rank),
+                         ntp_den=ntp_den, fm_den=fm_den)
+            engine.backward(out["loss"])
+            engine.step()
+            acc += torch.stack([out["loss"].detach().double().cpu(), out["ntp"].double().cpu(),
+                                out["fm"].double().cpu()])
+        dist.all_reduce(acc, group=dp_group)
+        step += 1
+        g_samples = cfg.parallel.micro_batch_size * ga * layout.dp
+        state["consumed_samples"] += g_samples
+        state["consumed_tokens"] += int(counts[2].item())
+        dt = time.perf_counter() - t0
+        denom = ga * layout.dp
+        m = {"loss": acc[0].item() / denom, "ntp_loss": acc[1].item() / denom,
+             "fm_loss": acc[2].item() / denom, "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+             "samples_per_s": g_samples / dt, "tokens_per_s": counts[2].item() / dt,
+             "step_time_s": dt, "consumed_samples": state["consumed_samples"],
+             "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+        for i, lr in enumerate(engine.get_lr()):
+            m[f"lr_group{i}"] = lr
+        history.append(m)
+        if layout.holds_loss and step % cfg.train.log_every == 0:
+            tracker.log_metrics(m, step)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps({"step": step, **m}) + "\n")
+            log.info("step %d/%d loss %.4f ntp %.4f fm %.4f gnorm %.3f %.1f samples/s",
+                     step, cfg.train.steps, m["loss"], m["ntp_loss"], m["fm_loss"],
+                     m["grad_norm"], m["samples_per_s"])
+        if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at):
+            state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id)
+            saved = ckpt.save(engine, step, state)
+            log.info("checkpoint %s", run_dir / "checkpoints" / saved)
+    tracker.finish()
+    return {"step": step, "history": history, "run_dir": str(run_dir),
+            "mlflow_run_id": tracker.run_id}
