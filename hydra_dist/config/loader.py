@@ -45,15 +45,18 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _merge(dst: Dict[str, Any], src: Dict[str, Any], origin: Dict[str, str], source: str,
+def _merge(dst: Dict[str, Any], src: Dict[str, Any], origin: Dict[str, str], source: str | None,
            prefix: str = "") -> None:
-    """Deep-merge src into dst, recording which file set each leaf key."""
+    """Deep-merge src into dst, recording which file set each leaf key (source None: keep the
+    provenance the included file already recorded)."""
     for k, v in src.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and isinstance(dst.get(k), dict):
             _merge(dst[k], v, origin, source, key + ".")
         else:
             dst[k] = v
+            if source is None:
+                continue
             origin[key] = source
             if isinstance(v, dict):
                 for sub in _leaf_keys(v, key + "."):
@@ -79,7 +82,7 @@ def load_raw(path: Path, origin: Dict[str, str], _stack: Tuple[Path, ...] = ()) 
         raise ConfigError(f"{path}: {DEFAULTS_KEY}: expected a list of config files")
     merged: Dict[str, Any] = {}
     for inc in includes:
-        _merge(merged, load_raw(resolve_path(inc, path.parent), origin, _stack + (path,)), origin, "")
+        _merge(merged, load_raw(resolve_path(inc, path.parent), origin, _stack + (path,)), origin, None)
     _merge(merged, data, origin, str(path))
     return merged
 
@@ -150,6 +153,11 @@ def _convert(tp: Any, value: Any, key: str, origin: Dict[str, str]) -> Any:
             raise fail(f"expected int, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise fail(f"expected float, got {value!r}")
         return float(value)
