@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     if rank == 0:
         last = result["history"][-1] if result["history"] else {}
         print(json.dumps({"final_step": result["step"], "run_dir": result["run_dir"],
+                          "finished": result["finished"], "stopped_by": result["stopped_by"],
                           "mlflow_run_id": result["mlflow_run_id"],
                           "loss": last.get("loss"), "ntp_loss": last.get("ntp_loss"),
                           "fm_loss": last.get("fm_loss")}))

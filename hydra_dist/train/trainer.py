@@ -15,6 +15,7 @@ from hydra_dist.config import RunConfig, to_dict
 from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 
+from .preemption import FINISHED_MARKER, PreemptionFlag
 from .run_setup import (build_loader, build_model, make_tracker, prepare_data, run_tags,
                         write_resolved)
 
@@ -67,6 +68,8 @@ def _train(cfg: RunConfig, layout) -> dict:
     dp_group = ps.get_data_parallel_group()
     stop_at = cfg.train.stop_at_step or cfg.train.steps
     history = []
+    preempt = PreemptionFlag()
+    stopped_by = None
     while step < min(cfg.train.steps, stop_at):
         t0 = time.perf_counter()
         batches = [next(loader) for _ in range(ga)]
@@ -110,10 +113,18 @@ def _train(cfg: RunConfig, layout) -> dict:
             log.info("step %d/%d loss %.4f ntp %.4f fm %.4f gnorm %.3f %.1f samples/s",
                      step, cfg.train.steps, m["loss"], m["ntp_loss"], m["fm_loss"],
                      m["grad_norm"], m["samples_per_s"])
-        if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at):
+        if preempt.agreed():
+            stopped_by = preempt.raised or "peer rank signal"
+        if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at) or stopped_by:
             state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id)
             saved = ckpt.save(engine, step, state)
             log.info("checkpoint %s", run_dir / "checkpoints" / saved)
-    tracker.finish()
-    return {"step": step, "history": history, "run_dir": str(run_dir),
-            "mlflow_run_id": tracker.run_id}
+        if stopped_by:
+            log.warning("stopping at step %d after %s; re-run the same command to resume", step, stopped_by)
+            break
+    finished = step >= cfg.train.steps
+    if finished and layout.rank == 0:
+        (run_dir / FINISHED_MARKER).write_text(f"{step}\n")
+    tracker.finish("FINISHED" if finished or stop_at < cfg.train.steps else "KILLED")
+    return {"step": step, "history": history, "run_dir": str(run_dir), "finished": finished,
+            "stopped_by": stopped_by, "mlflow_run_id": tracker.run_id}
