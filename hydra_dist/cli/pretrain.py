@@ -39,9 +39,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.nproc_per_node and "RANK" not in os.environ:
         from torch.distributed.run import main as torchrun
-        rest = [a for a in argv if not a.startswith("--nproc-per-node")]
-        if str(args.nproc_per_node) in rest:
-            rest.remove(str(args.nproc_per_node))
+        rest = ([args.config] if args.config else []) + args.overrides
+        if args.print_config:
+            rest.append("--print-config")
         torchrun(["--nproc_per_node", str(args.nproc_per_node), "-m", "hydra_dist.cli.pretrain", *rest])
         return 0
     from hydra_dist.config import ConfigError, load_config, to_dict
