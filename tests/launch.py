@@ -19,9 +19,12 @@ def free_port() -> int:
 
 
 def run_torchrun(nproc: int, args: list[str], timeout: float = 300, env: dict | None = None,
-                 module: str = "hydra_dist.cli.pretrain") -> subprocess.CompletedProcess:
+                 module: str = "hydra_dist.cli.pretrain", script: str | None = None
+                 ) -> subprocess.CompletedProcess:
+    """torchrun a module (default: the trainer) or a script with args."""
+    target = [str(script)] if script else ["-m", module]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", module, *args]
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *target, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
     proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,

@@ -68,12 +68,16 @@ class HydraModel(nn.Module):
     def visual_tokens(self, latent_BNC):
         return self.projector(self.sem_vit(self.gsb.decode(latent_BNC)))
 
-    def sample_time(self, n: int, gen: torch.Generator, device):
-        if self.cfg.time_sampling == "logit_normal":
-            t = torch.sigmoid(torch.randn(n, generator=gen))
-        else:
-            t = torch.rand(n, generator=gen)
-        return t.to(device)
+    def flow_noise(self, sample_ids_B, noise_seed: int, mu_BNC):
+        """(t [B], eps [B,N,C]) for rectified flow, one generator per sample."""
+        ts, epss = [], []
+        for sid in sample_ids_B.tolist():
+            gen = torch.Generator().manual_seed(hash((int(noise_seed), int(sid))) % (2 ** 62))
+            z = torch.randn(1, generator=gen)
+            ts.append(torch.sigmoid(z) if self.cfg.time_sampling == "logit_normal"
+                      else torch.rand(1, generator=gen))
+            epss.append(torch.randn(mu_BNC.shape[1:], generator=gen))
+        return torch.cat(ts).to(mu_BNC), torch.stack(epss).to(mu_BNC)
 
     # --- training forward --------------------------------------------------------------
     def forward(self, batch: dict, noise_seed: int = 0, ntp_den=None, fm_den=None) -> dict:
@@ -81,16 +85,14 @@ class HydraModel(nn.Module):
         The trainer passes global counts / dp so that DeepSpeed's gradient averaging over DP
         yields the exact global per-token mean, whatever each rank's mix of tasks."""
         images = batch["images"].to(self.patch.proj.weight.dtype)
-        B = images.shape[0]
         mu = self.encode_latent(images)
         if not self.gsb.proj.weight.requires_grad:
             mu = mu.detach()  # flow target from a frozen tokenizer
-        # Noise from a seed the trainer derives from (step, micro-batch, dp rank): identical on
-        # TP peers, reproducible on resume.
-        gen = torch.Generator().manual_seed(int(noise_seed))
+        # Noise per sample from (step seed, sample id): identical on TP peers, independent of how
+        # samples are split over DP ranks and micro-batches, reproducible on resume.
+        t, eps = self.flow_noise(batch["sample_ids"], noise_seed, mu)
         is_gen = batch["is_gen"].to(mu.dtype)
-        t = self.sample_time(B, gen, mu.device) * is_gen
-        eps = torch.randn(mu.shape, generator=gen).to(mu)
+        t = t * is_gen
         tt = t[:, None, None].to(mu.dtype)
         x_t = (1 - tt) * mu + tt * eps
         vis_BMH = self.visual_tokens(x_t)

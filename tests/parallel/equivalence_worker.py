@@ -1,0 +1,90 @@
+"""Run under torchrun: one forward/backward of HydraModel and a few DeepSpeed steps on a fixed
+global batch, under the layout given by argv; rank 0 saves results for the test to compare.
+
+argv: OUT_FILE TP ZERO_STAGE STEPS [key=value ...]
+Every layout sees the same global batch: DP rank r takes its slice, TP peers the same slice.
+"""
+import sys
+import warnings
+
+import torch
+import torch.distributed as dist
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def global_batch(cfg, n):
+    from hydra_dist.data.collate import HydraCollator
+    from hydra_dist.data.synthetic import make_sample
+    from hydra_dist.data.tokenizer import ByteTokenizer
+    n_vis = ((cfg.model.vit.image_size // cfg.model.vit.patch_size) // cfg.model.head.merge) ** 2
+    col = HydraCollator(ByteTokenizer(), cfg.model.vit.image_size, n_vis, cfg.data.max_text_tokens,
+                        0.5, seed=3)
+    samples = []
+    for i in range(n):
+        img, cap, _ = make_sample(i, 11, cfg.model.vit.image_size)
+        samples.append({"id": i, "image": img, "caption": cap})
+    return col(samples)
+
+
+def full_grad(p, tp_group):
+    g = p.grad.detach().clone()
+    if getattr(p, "tensor_model_parallel", False) and dist.get_world_size(tp_group) > 1:
+        parts = [torch.empty_like(g) for _ in range(dist.get_world_size(tp_group))]
+        dist.all_gather(parts, g.contiguous(), group=tp_group)
+        g = torch.cat(parts, dim=p.partition_dim)
+    return g
+
+
+def main():
+    out_file, tp, zero, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    from hydra_dist.config import load_config
+    from hydra_dist.distributed.init import init_distributed, shutdown
+    from hydra_dist.models.hydra import HydraModel
+    from megatron.core import parallel_state as ps
+    world = dist.get_world_size() if dist.is_initialized() else int(__import__("os").environ["WORLD_SIZE"])
+    mb_global = 4
+    cfg = load_config(None, ["model.freeze=[gen_vit]", f"parallel.tp={tp}",
+                             f"parallel.zero_stage={zero}", "train.optim.warmup_steps=0",
+                             *sys.argv[5:]], world_size=world)
+    layout = init_distributed(tp, 1, 120, "gloo")
+    dp, dp_rank = layout.dp, layout.dp_rank
+    cfg.parallel.micro_batch_size = mb_global // dp
+    batch = global_batch(cfg, mb_global)
+    mine = {k: v[dp_rank * (mb_global // dp):(dp_rank + 1) * (mb_global // dp)] for k, v in batch.items()}
+    n_tok = float(batch["labels"].ge(0).sum()) / dp
+    n_gen = max(float(batch["is_gen"].sum()), 1.0) / dp
+    torch.manual_seed(cfg.train.seed)
+    model = HydraModel(cfg.model)
+    model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
+    res = {}
+    # 1) one plain forward/backward on the whole global batch (no DP split): TP vs no TP
+    out = model(batch, noise_seed=5)
+    out["loss"].backward()
+    res["loss"], res["ntp"], res["fm"] = out["loss"].item(), out["ntp"].item(), out["fm"].item()
+    tp_group = ps.get_tensor_model_parallel_group()
+    res["grads"] = {n: full_grad(p, tp_group) for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    # 2) DeepSpeed steps, each DP rank on its slice; noise seeded per sample slice
+    from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+    engine = build_deepspeed(model, cfg)
+    traj = []
+    for step in range(steps):
+        o = engine(mine, noise_seed=100 + step, ntp_den=n_tok, fm_den=n_gen)
+        engine.backward(o["loss"])
+        engine.step()
+        t = o["loss"].detach().reshape(1).double()
+        dist.all_reduce(t, group=ps.get_data_parallel_group())
+        traj.append(t.item() / dp)
+    res["trajectory"] = traj
+    if zero == 3:  # share of parameters this rank holds
+        held = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
+        total = sum(p.ds_numel for p in model.parameters() if hasattr(p, "ds_numel"))
+        res["zero3_share"] = held / total
+    if dist.get_rank() == 0:
+        torch.save(res, out_file)
+    shutdown()
+
+
+if __name__ == "__main__":
+    main()
