@@ -60,7 +60,10 @@ def main(argv=None) -> int:
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
     # torch's c10d prints a deprecation warning on every ZeRO collective; it hides the log.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    from hydra_dist.train.trainer import train
+    if cfg.task == "tokenizer":
+        from hydra_dist.train.tokenizer_trainer import train
+    else:
+        from hydra_dist.train.trainer import train
     result = train(cfg)
     if rank == 0:
         last = result["history"][-1] if result["history"] else {}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
+from .tokenizer_schema import TokenizerConfig
+
 
 @dataclass
 class ViTConfig:
@@ -72,6 +74,8 @@ class ModelConfig:
     # Rectified-flow time sampling for generation samples.
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     init_std: float = 0.02
+    # Initial weights for a fresh run: hydra-import-hf file, export or HF Qwen2 folder (docs/export.md).
+    init_from: str = ""
 
 
 @dataclass
@@ -149,6 +153,8 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
+    # unified: the HYDRA model (LLM + heads); tokenizer: HYDRA-TOK pretraining (DESIGN.md 1)
+    task: Literal["unified", "tokenizer"] = "unified"
     name: str = "tiny_cpu"
     output_dir: str = "runs/tiny_cpu"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,6 +163,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
 def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
