@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
-from .tokenizer_schema import TokenizerConfig
+from .tokenizer_schema import TokenizerConfig, check_tokenizer
 
 
 @dataclass
@@ -23,6 +23,12 @@ class ViTConfig:
     gen_layers: int = 2
     sem_layers: int = 2
     norm_eps: float = 1e-6
+    # Block details, so imported checkpoints (InternViT) run exactly; defaults keep our plain block.
+    norm_type: Literal["layer_norm", "rms_norm"] = "layer_norm"
+    qkv_bias: bool = True
+    qk_norm: bool = False          # RMSNorm over the full q / k width (InternViT-6B style)
+    layer_scale_init: float = 0.0  # > 0: learned per-channel residual scales (lambda_1, lambda_2)
+    use_cls_token: bool = False    # a CLS token in front of the patches (tokenizer only)
 
 
 @dataclass
@@ -109,6 +115,10 @@ class DataConfig:
     max_text_tokens: int = 48
     # Share of generation samples (image from caption); the rest are understanding samples.
     generation_fraction: float = 0.5
+    # Pack samples into rows of this many tokens (0: one sample per row, fixed length).
+    pack_tokens: int = 0
+    # Share of generation samples whose prompt is dropped (classifier-free guidance).
+    cfg_dropout: float = 0.1
     shuffle: bool = True
     seed: int = 17
     num_workers: int = 0
@@ -209,7 +219,9 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-    return errs
+    need(not v.use_cls_token or cfg.task == "tokenizer", "model.vit.use_cls_token",
+         "the unified model takes patch tokens only (a CLS token is for task: tokenizer)")
+    return errs + (check_tokenizer(cfg) if cfg.task == "tokenizer" else [])
 
 
 def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:

@@ -1,9 +1,17 @@
-"""Turn image-caption samples into HYDRA training sequences.
+"""Turn samples into HYDRA training rows, packed to a token budget.
 
-Per sample (fixed length S = 1 + n_vis + T + 1 so batches stack without packing):
-  understanding: [BOS, IMG x n_vis, caption, EOS, PAD...]   NTP loss on caption + EOS
-  generation:    [BOS, caption, EOS, IMG x n_vis, PAD...]   FM loss on the visual tokens
-The task of a sample is a pure function of (sample id, seed), so it survives resume.
+Per sample (positions restart at 0 in each sample; a sample is never split across rows):
+  caption (understanding): [BOS, IMG x n_vis, text, EOS]   NTP on text + EOS
+  generation:              [BOS, text, EOS, IMG x n_vis]   FM on the image; text dropped with
+                                                           prob. cfg_dropout (classifier-free guidance)
+  text:                    [BOS, text, EOS]                NTP on text + EOS
+Batch layout (R rows of S tokens, I images):
+  input_ids, labels, position_ids, segment_ids, image_ids  [R, S]
+  images [I,3,H,W], image_weight [I], is_gen [I], sample_ids [I], visual_index [I, n_vis]
+visual_index is a flat index into R*S. A micro-batch without any image gets one dummy image
+(weight 0, visual_index -1): every rank then runs the vision path and issues the same
+collectives (ZeRO-3 would otherwise hang).
+A sample's task and prompt dropout are pure functions of (sample id, seed): resume-safe.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import torch
 from PIL import Image
 
 IGNORE = -100
+TASKS = ("caption", "generation", "text")
 
 
 def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
@@ -23,49 +32,96 @@ def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     return arr.float() / 127.5 - 1.0  # [-1, 1]
 
 
+def _unit_hash(sample_id: int, seed: int, salt: int) -> float:
+    h = (int(sample_id) * 2654435761 + seed * 97 + salt * 1_000_003) % (2 ** 32)
+    return h / 2 ** 32
+
+
 def is_generation(sample_id: int, seed: int, fraction: float) -> bool:
-    h = (int(sample_id) * 2654435761 + seed * 97) % (2 ** 32)
-    return h / 2 ** 32 < fraction
+    return _unit_hash(sample_id, seed, 0) < fraction
 
 
 class HydraCollator:
     def __init__(self, tokenizer, image_size: int, n_vis: int, max_text: int,
-                 generation_fraction: float, seed: int):
+                 generation_fraction: float, seed: int, pack_tokens: int = 0,
+                 cfg_dropout: float = 0.0):
         self.tok, self.size, self.n_vis = tokenizer, image_size, n_vis
         self.max_text, self.frac, self.seed = max_text, generation_fraction, seed
-        self.seq_len = 1 + n_vis + max_text + 1
+        self.cfg_dropout = cfg_dropout
+        self.max_sample = 1 + n_vis + max_text + 1
+        self.seq_len = pack_tokens or self.max_sample
+        if self.seq_len < self.max_sample:
+            raise ValueError(f"data.pack_tokens={pack_tokens} cannot hold one sample of up to "
+                             f"{self.max_sample} tokens (1 + {n_vis} visual + {max_text} text + 1)")
 
-    def _one(self, sample: dict):
+    def task_of(self, sample: dict) -> str:
+        task = sample.get("task")
+        if task:
+            if task not in TASKS:
+                raise ValueError(f"sample {sample.get('id')}: unknown task {task!r}")
+            return task
+        if sample.get("image") is None:
+            return "text"
+        return "generation" if is_generation(sample["id"], self.seed, self.frac) else "caption"
+
+    def _tokens(self, sample: dict, task: str):
+        """(ids, labels, vis_start or None) of one sample."""
         tok, n = self.tok, self.n_vis
-        text = tok.encode(sample["caption"])[: self.max_text] + [tok.EOS]
-        gen = is_generation(sample["id"], self.seed, self.frac)
-        if gen:
-            ids = [tok.BOS] + text + [tok.IMG] * n
-            vis_start = 1 + len(text)
-            labels = [IGNORE] * len(ids)
-        else:
-            ids = [tok.BOS] + [tok.IMG] * n + text
-            vis_start = 1
+        text = tok.encode(sample.get("caption") or sample.get("text") or "")[: self.max_text]
+        if task == "generation":
+            if self.cfg_dropout and _unit_hash(sample["id"], self.seed, 1) < self.cfg_dropout:
+                text = []  # unconditional example for classifier-free guidance
+            ids = [tok.BOS] + text + [tok.EOS] + [tok.IMG] * n
+            return ids, [IGNORE] * len(ids), len(text) + 2
+        if task == "caption":
+            ids = [tok.BOS] + [tok.IMG] * n + text + [tok.EOS]
             # position p predicts token p+1: the last image token predicts the first word
-            labels = [IGNORE] * n + text + [IGNORE]
-        L, pad = len(ids), self.seq_len - len(ids)
-        image_ids = [0] * L
-        image_ids[vis_start:vis_start + n] = [1] * n
-        return {
-            "input_ids": ids + [tok.PAD] * pad,
-            "labels": labels + [IGNORE] * pad,
-            "position_ids": list(range(L)) + [0] * pad,
-            "segment_ids": [1] * L + [0] * pad,
-            "image_ids": image_ids + [0] * pad,
-            "visual_index": list(range(vis_start, vis_start + n)),
-            "is_gen": gen,
-        }
+            return ids, [IGNORE] * n + text + [tok.EOS] + [IGNORE], 1
+        ids = [tok.BOS] + text + [tok.EOS]
+        return ids, text + [tok.EOS] + [IGNORE], None
 
     def __call__(self, samples):
-        rows = [self._one(s) for s in samples]
-        out = {k: torch.tensor([r[k] for r in rows]) for k in rows[0] if k != "is_gen"}
-        out["is_gen"] = torch.tensor([r["is_gen"] for r in rows], dtype=torch.bool)
-        out["images"] = torch.stack([image_to_tensor(s["image"], self.size) for s in samples])
-        out["image_weight"] = torch.ones(len(samples))
-        out["sample_ids"] = torch.tensor([int(s["id"]) for s in samples])
-        return out
+        S, tok = self.seq_len, self.tok
+        rows, cur = [], None
+        images, weights, gen, sids, vidx = [], [], [], [], []
+        for s in samples:
+            task = self.task_of(s)
+            ids, labels, vis_start = self._tokens(s, task)
+            if cur is None or cur["used"] + len(ids) > S:
+                cur = {"ids": [tok.PAD] * S, "labels": [IGNORE] * S, "pos": [0] * S,
+                       "seg": [0] * S, "img": [0] * S, "used": 0, "nseg": 0, "nimg": 0}
+                rows.append(cur)
+            o, r = cur["used"], len(rows) - 1
+            cur["nseg"] += 1
+            cur["ids"][o:o + len(ids)] = ids
+            cur["labels"][o:o + len(ids)] = labels
+            cur["pos"][o:o + len(ids)] = range(len(ids))
+            cur["seg"][o:o + len(ids)] = [cur["nseg"]] * len(ids)
+            if vis_start is not None:
+                cur["nimg"] += 1
+                a = o + vis_start
+                cur["img"][a:a + self.n_vis] = [cur["nimg"]] * self.n_vis
+                images.append(image_to_tensor(s["image"], self.size))
+                weights.append(1.0)
+                gen.append(task == "generation")
+                sids.append(int(s["id"]))
+                vidx.append([r * S + a + j for j in range(self.n_vis)])
+            cur["used"] += len(ids)
+        if not images:  # dummy image: same collectives on every rank, zero weight in the loss
+            images.append(torch.zeros(3, self.size, self.size))
+            weights.append(0.0)
+            gen.append(False)
+            sids.append(-1)
+            vidx.append([-1] * self.n_vis)
+        return {
+            "input_ids": torch.tensor([r["ids"] for r in rows]),
+            "labels": torch.tensor([r["labels"] for r in rows]),
+            "position_ids": torch.tensor([r["pos"] for r in rows]),
+            "segment_ids": torch.tensor([r["seg"] for r in rows]),
+            "image_ids": torch.tensor([r["img"] for r in rows]),
+            "images": torch.stack(images),
+            "image_weight": torch.tensor(weights),
+            "is_gen": torch.tensor(gen, dtype=torch.bool),
+            "sample_ids": torch.tensor(sids),
+            "visual_index": torch.tensor(vidx),
+        }

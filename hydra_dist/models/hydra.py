@@ -62,7 +62,7 @@ class HydraModel(nn.Module):
         frozen = not any(p.requires_grad for p in self.gen_vit.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             h_mid = self.gen_vit(self.patch(images_B3HW))
-            mu, _, _, _ = self.gsb.encode(h_mid, sample=False)
+        mu, _, _, _ = self.gsb.encode(h_mid, sample=False)
         return mu
 
     def visual_tokens(self, latent_BNC):
@@ -98,18 +98,23 @@ class HydraModel(nn.Module):
         vis_BMH = self.visual_tokens(x_t)
 
         emb = self.llm.embed_tokens(batch["input_ids"])
-        idx = batch["visual_index"][..., None].expand(-1, -1, emb.shape[-1])
-        emb = emb.scatter(1, idx, vis_BMH.to(emb.dtype))
+        R, S, H = emb.shape
+        vidx = batch["visual_index"]                      # [I, M] flat into R*S, -1 = dummy
+        placed = vidx >= 0
+        emb_flat = emb.reshape(R * S, H).index_copy(0, vidx[placed], vis_BMH[placed].to(emb.dtype))
         mask = build_mask(batch["segment_ids"], batch["image_ids"])
-        h = self.llm(emb, mask, batch["position_ids"])
+        h = self.llm(emb_flat.reshape(R, S, H), mask, batch["position_ids"])
 
         l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)
-        h_vis = torch.gather(h, 1, idx)
+        h_vis = h.reshape(R * S, H)[vidx.clamp(min=0)]    # [I, M, H]
         v_pred = self.flow_head(h_vis, t)
         v_target = merge_patches(eps - mu, self.cfg.head.merge)
-        per_sample = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
+        per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = is_gen.float() * batch["image_weight"].float()
-        l_fm = (per_sample * w).sum() / (w.sum().clamp(min=1.0) if fm_den is None else fm_den)
+        l_fm = (per_image * w).sum() / (w.sum().clamp(min=1.0) if fm_den is None else fm_den)
+        # Unplaced (dummy) visual tokens join the graph with weight 0, so the vision tower's
+        # parameters see a backward pass on every rank (ZeRO-3 reduce-scatters stay in step).
+        l_fm = l_fm + 0.0 * vis_BMH[~placed].sum()
         loss = self.cfg.ntp_weight * l_ntp + self.cfg.fm_weight * l_fm
         return {"loss": loss, "ntp": l_ntp.detach(), "fm": l_fm.detach(),
-                "ntp_tokens": n_tok.detach(), "fm_samples": w.sum().detach()}
+                "ntp_tokens": n_tok.detach(), "fm_images": w.sum().detach()}

@@ -47,7 +47,8 @@ def build_loader(cfg: RunConfig, path: str, layout: Layout, state=None):
                          f"tokenizer's {tok.vocab_size} ({cfg.data.tokenizer})")
     d = cfg.data
     collate = HydraCollator(tok, cfg.model.vit.image_size, visual_tokens_per_image(cfg),
-                            d.max_text_tokens, d.generation_fraction, d.seed)
+                            d.max_text_tokens, d.generation_fraction, d.seed,
+                            pack_tokens=d.pack_tokens, cfg_dropout=d.cfg_dropout)
     return StreamingBatches(path, collate, cfg.parallel.micro_batch_size, layout.dp,
                             layout.tp * layout.pp, d.shuffle, d.seed, d.num_workers, state)
 
