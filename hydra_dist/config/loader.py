@@ -139,6 +139,12 @@ def _convert(tp: Any, value: Any, key: str, origin: Dict[str, str]) -> Any:
         if value not in choices:
             raise fail(f"expected one of {list(choices)}, got {value!r}")
         return value
+    if origin_tp is dict:
+        if not isinstance(value, dict):
+            raise fail(f"expected a mapping, got {value!r}")
+        k_tp, v_tp = typing.get_args(tp)
+        return {_convert(k_tp, k, f"{key}.{k}", origin): _convert(v_tp, v, f"{key}.{k}", origin)
+                for k, v in value.items()}
     if origin_tp in (list, List):
         if not isinstance(value, list):
             raise fail(f"expected a list, got {value!r}")

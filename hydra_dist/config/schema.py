@@ -7,9 +7,13 @@ group starts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 from .tokenizer_schema import TokenizerConfig, check_tokenizer
+
+
+# The model's trainable parts, the unit of freezing and per-group learning rates.
+PARTS = ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head")
 
 
 @dataclass
@@ -133,6 +137,9 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # Learning rate per model part (gen_vit, gsb, sem_vit, projector, llm, flow_head); parts not
+    # listed use `lr`. The schedule scales every group by the same factor.
+    lr_per_part: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -201,8 +208,7 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
          "must be at least 260 (the byte tokenizer's 256 bytes + 4 specials)")
     need(m.gsb.latent_channels > 0, "model.gsb.latent_channels", "must be positive")
     for name in m.freeze:
-        need(name in ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head"),
-             "model.freeze", f"unknown part {name!r}")
+        need(name in PARTS, "model.freeze", f"unknown part {name!r} (known: {', '.join(PARTS)})")
     p = cfg.parallel
     need(p.tp >= 1, "parallel.tp", "must be >= 1")
     need(p.pp >= 1, "parallel.pp", "must be >= 1")
@@ -215,6 +221,9 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.data.max_text_tokens >= 4, "data.max_text_tokens", "must be >= 4")
     o = cfg.train.optim
     need(o.lr > 0, "train.optim.lr", "must be positive")
+    for part, lr in o.lr_per_part.items():
+        need(part in PARTS, f"train.optim.lr_per_part.{part}", f"unknown part (known: {', '.join(PARTS)})")
+        need(lr > 0, f"train.optim.lr_per_part.{part}", "must be positive")
     need(len(o.betas) == 2, "train.optim.betas", f"needs 2 values, got {len(o.betas)}")
     need(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")

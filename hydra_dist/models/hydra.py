@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hydra_dist.config.schema import ModelConfig
+from hydra_dist.config.schema import PARTS, ModelConfig  # noqa: F401  (PARTS re-exported)
 from hydra_dist.ops.attention import build_mask
 
 from .gsb import GSB
@@ -19,8 +19,6 @@ from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
 from .llm import QwenLM, ntp_loss
 from .vit import PatchEmbed, ViTStack
-
-PARTS = ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head")
 
 
 class HydraModel(nn.Module):

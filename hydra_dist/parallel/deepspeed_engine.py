@@ -62,15 +62,23 @@ def ds_config(cfg: RunConfig) -> dict:
     }
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """Trainable parameters only (frozen parts get no optimizer state); no decay on norms/biases."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+def param_groups(model: torch.nn.Module, cfg: RunConfig):
+    """One group per (model part, decay/no-decay) holding trainable parameters only: frozen parts
+    get no optimizer state; norms and biases get no weight decay; each part may have its own LR."""
+    o = cfg.train.optim
+    groups = []
+    parts = model.part_modules() if hasattr(model, "part_modules") else {"all": [model]}
+    for part, mods in parts.items():
+        lr = o.lr_per_part.get(part, o.lr)
+        decay, no_decay = [], []
+        for mod in mods:
+            for name, p in mod.named_parameters():
+                if p.requires_grad:
+                    (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        for params, wd, kind in ((decay, o.weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+            if params:
+                groups.append({"params": params, "weight_decay": wd, "lr": lr, "name": f"{part}.{kind}"})
+    return groups
 
 
 def lr_lambda(cfg: RunConfig):
@@ -91,8 +99,7 @@ def build_deepspeed(model: torch.nn.Module, cfg: RunConfig):
         # shm_comm is only for inference all-reduce; building it costs ~25 s per fresh host.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     o = cfg.train.optim
-    opt = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
-                            eps=o.eps)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=ds_config(cfg), mpu=MegatronMpu(),

@@ -104,8 +104,8 @@ def _train(cfg: RunConfig, layout) -> dict:
              "samples_per_s": g_samples / dt, "tokens_per_s": counts[2].item() / dt,
              "step_time_s": dt, "consumed_samples": state["consumed_samples"],
              "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
-        for i, lr in enumerate(engine.get_lr()):
-            m[f"lr_group{i}"] = lr
+        for i, g in enumerate(engine.optimizer.param_groups):
+            m[f"lr/{g.get('name', i)}"] = g["lr"]
         history.append(m)
         if layout.holds_loss and step % cfg.train.log_every == 0:
             tracker.log_metrics(m, step)

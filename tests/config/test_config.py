@@ -99,3 +99,17 @@ def test_cli_reports_config_error_before_any_process_group(capsys):
     from hydra_dist.cli.pretrain import main
     assert main(["configs/tiny_cpu.yaml", "train.optim.lr=fast"]) == 2
     assert "train.optim.lr: expected float, got 'fast'" in capsys.readouterr().err
+
+
+def test_stage_configs_carry_the_papers_schedule():
+    s1 = load_config("configs/unified/stage1_alignment.yaml", world_size=64)
+    s2 = load_config("configs/unified/stage2_pretrain.yaml", world_size=64)
+    s3 = load_config("configs/unified/stage3_sft.yaml", world_size=64)
+    assert "llm" in s1.model.freeze and "llm" not in s2.model.freeze
+    assert s1.train.optim.lr_per_part == {"projector": 1e-4, "flow_head": 1e-4, "sem_vit": 5e-5}
+    assert s2.train.optim.lr_per_part["llm"] == 2e-5 and s2.train.optim.lr_per_part["flow_head"] == 5e-5
+    assert (s1.train.steps, s2.train.steps, s3.train.steps) == (150000, 100000, 20000)
+    p = s1.parallel
+    assert p.micro_batch_size * p.grad_accum * 64 == 1024
+    for tiny in ("tiny_stage1_alignment", "tiny_stage2_pretrain", "tiny_stage3_sft"):
+        load_config(f"configs/unified/{tiny}.yaml", world_size=2)
