@@ -30,7 +30,13 @@ def _extensions():
     if cpu_src:
         exts.append(cpp_extension.CppExtension(
             "hydra_dist._gsb_cpu", cpu_src,
-            extra_compile_args=["-O3", "-fopenmp"], extra_link_args=["-fopenmp"]))
+            # -ffp-contract=off: the counter-based noise (csrc/common/gsb_noise.h) must round
+            # exactly like the torch reference, so no FMA contraction may fuse its steps.
+            # -fno-math-errno -fno-trapping-math change no result; they let GCC vectorise the
+            # noise and row loops (sqrt without errno, if-conversion of float compares).
+            extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno",
+                                "-fno-trapping-math"],
+            extra_link_args=["-fopenmp"]))
     cuda_src = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) +
                       glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     nvcc = shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "/usr/local/cuda/bin/nvcc")
@@ -44,7 +50,10 @@ def _extensions():
         inc = glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "cu*", "include"))
         exts.append(cpp_extension.CUDAExtension(
             "hydra_dist._gsb_cuda", cuda_src, include_dirs=[os.path.abspath(i) for i in inc],
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}))
+            # No --use_fast_math: the kernels are memory-bound, so it buys nothing and would
+            # loosen agreement with the reference (approximate div/exp). The noise uses the
+            # __f*_rn intrinsics, which stay exact either way.
+            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"], "nvcc": ["-O3", "-lineinfo"]}))
     if not exts:
         return [], {}
     return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
