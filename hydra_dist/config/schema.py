@@ -84,6 +84,9 @@ class ModelConfig:
     # Rectified-flow time sampling for generation samples.
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
     init_std: float = 0.02
+    # LLM attention: flash-attn varlen (GPU), its CPU emulation (tests), or the dense-mask
+    # reference; auto = flash when installed on CUDA, else reference (the log says which).
+    attention: Literal["auto", "flash", "emulated", "reference"] = "auto"
     # Initial weights for a fresh run: hydra-import-hf file, export or HF Qwen2 folder (docs/export.md).
     init_from: str = ""
 

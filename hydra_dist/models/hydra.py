@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from hydra_dist.config.schema import PARTS, ModelConfig  # noqa: F401  (PARTS re-exported)
-from hydra_dist.ops.attention import build_mask
+from hydra_dist.ops.attention import make_mask, resolve_attention
 
 from .gsb import GSB
 from .heads import FlowHead, Projector, merge_patches
@@ -39,6 +39,7 @@ class HydraModel(nn.Module):
                                   cfg.head.flow_head_layers, cfg.head.flow_head_hidden,
                                   cfg.head.time_embed_dim)
         self.apply_freeze(cfg.freeze)
+        self.attn_path = resolve_attention(cfg.attention)
 
     def part_modules(self) -> dict:
         return {"gen_vit": [self.patch, self.gen_vit], "gsb": [self.gsb], "sem_vit": [self.sem_vit],
@@ -100,7 +101,7 @@ class HydraModel(nn.Module):
         vidx = batch["visual_index"]                      # [I, M] flat into R*S, -1 = dummy
         placed = vidx >= 0
         emb_flat = emb.reshape(R * S, H).index_copy(0, vidx[placed], vis_BMH[placed].to(emb.dtype))
-        mask = build_mask(batch["segment_ids"], batch["image_ids"])
+        mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attn_path)
         h = self.llm(emb_flat.reshape(R, S, H), mask, batch["position_ids"])
 
         l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)

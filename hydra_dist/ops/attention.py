@@ -8,8 +8,43 @@ Reference path: a dense boolean mask + scaled_dot_product_attention (exact, any 
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+from .varlen import VarlenPlan, flash_attn_varlen_emulated, plan_varlen, varlen_attention
+
+log = logging.getLogger(__name__)
+_LOGGED: set = set()
+
+
+def flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_attention(kind: str) -> str:
+    """model.attention -> the path that runs: 'flash', 'emulated' (the planner on the CPU
+    emulation, for tests) or 'reference'. Asking for flash without flash-attn is an error."""
+    if kind == "flash" and not flash_available():
+        raise RuntimeError("model.attention=flash but flash-attn is not installed or CUDA is "
+                           "absent (pip install '.[gpu]' on a GPU node)")
+    path = ("flash" if flash_available() else "reference") if kind == "auto" else kind
+    if path not in _LOGGED:
+        _LOGGED.add(path)
+        log.info("attention path: %s (model.attention=%s)", path, kind)
+    return path
+
+
+def make_mask(segment_ids_BS, image_ids_BS, path: str):
+    """What SelfAttention receives: a varlen plan on the fast paths, a dense mask otherwise."""
+    if path in ("flash", "emulated"):
+        return plan_varlen(segment_ids_BS, image_ids_BS)
+    return build_mask(segment_ids_BS, image_ids_BS)
 
 
 def build_mask(segment_ids_BS: torch.Tensor, image_ids_BS: torch.Tensor) -> torch.Tensor:
@@ -27,7 +62,14 @@ def build_mask(segment_ids_BS: torch.Tensor, image_ids_BS: torch.Tensor) -> torc
 
 
 def attention(q_BHSd, k_BHSd, v_BHSd, mask=None):
-    """mask: None (all tokens see each other, e.g. inside a ViT) or a bool [B,1,S,S]."""
+    """mask: None (all tokens see each other, e.g. inside a ViT), a bool [B,1,S,S], or a
+    VarlenPlan (flash-attn varlen, or its emulation on CPU)."""
+    if isinstance(mask, VarlenPlan):
+        if q_BHSd.is_cuda:
+            from flash_attn import flash_attn_varlen_func as kernel
+        else:
+            kernel = flash_attn_varlen_emulated
+        return varlen_attention(q_BHSd, k_BHSd, v_BHSd, mask, kernel)
     if k_BHSd.shape[1] != q_BHSd.shape[1]:  # grouped-query attention
         rep = q_BHSd.shape[1] // k_BHSd.shape[1]
         k_BHSd = k_BHSd.repeat_interleave(rep, dim=1)

@@ -72,3 +72,19 @@ def test_text_only_batch_runs_vision_path_with_zero_weight(model):
     # the vision tower took part in backward (zero gradients, but present)
     sem = [g for n, g in grads.items() if n.startswith("sem_vit.")]
     assert sem and all(float(g.abs().max()) == 0.0 for g in sem)
+
+
+def test_model_on_varlen_planner_equals_reference(model):
+    from hydra_dist.ops.attention import resolve_attention
+    with pytest.raises(RuntimeError, match="flash-attn is not installed"):
+        resolve_attention("flash")
+    b = collator(230)(samples(6))
+    out_ref, g_ref = loss_and_grads(model, b)
+    model.attn_path = "emulated"
+    try:
+        out_fast, g_fast = loss_and_grads(model, b)
+    finally:
+        model.attn_path = "reference"
+    assert out_fast["loss"].item() == pytest.approx(out_ref["loss"].item(), rel=1e-5)
+    for n in g_ref:
+        torch.testing.assert_close(g_fast[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
