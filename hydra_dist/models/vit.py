@@ -1,27 +1,90 @@
-"""HYDRA-TOK's ViT halves (Gen-ViT and Sem-ViT): pre-norm blocks, bidirectional attention."""
+"""HYDRA-TOK's ViT halves (Gen-ViT and Sem-ViT): pre-norm blocks, bidirectional attention.
+
+The block's options (norm type, QKV bias, QK-norm, layer scale, CLS token) exist so that an
+InternViT checkpoint (transformers' InternVLVisionModel) runs exactly; the defaults are our
+plain block. Attention and MLP are megatron TP layers; QK-norm normalises over the full q / k
+width, so under TP its mean square is summed over the TP group.
+"""
 from __future__ import annotations
 
 import torch
+import torch.distributed.nn.functional as dist_fn
+from megatron.core import parallel_state
 from torch import nn
 
 from hydra_dist.config.schema import ViTConfig
+from hydra_dist.ops.attention import attention
 
-from .layers import GeluMLP, SelfAttention, scaled_std
+from .layers import GeluMLP, RMSNorm, SelfAttention, scaled_std
+
+
+def make_norm(v: ViTConfig, dim: int) -> nn.Module:
+    return RMSNorm(dim, v.norm_eps) if v.norm_type == "rms_norm" else nn.LayerNorm(dim, eps=v.norm_eps)
+
+
+class TPRMSNorm(nn.Module):
+    """RMSNorm over a width split across TP ranks (weight sharded like the column-parallel
+    output it follows). The all-reduce is differentiable: every shard's values move every
+    rank's scale."""
+
+    def __init__(self, full_dim: int, eps: float):
+        super().__init__()
+        tp = parallel_state.get_tensor_model_parallel_world_size()
+        self.full_dim, self.eps = full_dim, eps
+        self.weight = nn.Parameter(torch.ones(full_dim // tp))
+        # read by the import code and by DeepSpeed's grad-norm (no double counting)
+        self.weight.tensor_model_parallel, self.weight.partition_dim = True, 0
+        self.weight.partition_stride = 1
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        ss = x.pow(2).sum(-1, keepdim=True)
+        if parallel_state.get_tensor_model_parallel_world_size() > 1:
+            ss = dist_fn.all_reduce(ss, group=parallel_state.get_tensor_model_parallel_group())
+        return self.weight * (x * torch.rsqrt(ss / self.full_dim + self.eps)).to(dtype)
+
+
+class ViTAttention(SelfAttention):
+    def __init__(self, mp, v: ViTConfig, std: float, out_std: float):
+        super().__init__(mp, v.hidden_size, v.num_heads, v.num_heads, std, qkv_bias=v.qkv_bias,
+                         out_bias=True, out_std=out_std)
+        self.qk_norm = v.qk_norm
+        if v.qk_norm:
+            # eps 1e-6 whatever norm_eps says, as InternVL's q/k norms
+            self.q_norm = TPRMSNorm(v.hidden_size, 1e-6)
+            self.k_norm = TPRMSNorm(v.hidden_size, 1e-6)
+
+    def forward(self, x_BSD, mask=None, rope=None):
+        if not self.qk_norm:
+            return super().forward(x_BSD, mask)
+        B, S, _ = x_BSD.shape
+        shape = (B, S, self.local_heads, self.head_dim)
+        q = self.q_norm(self.q(x_BSD)[0]).view(shape).transpose(1, 2)
+        k = self.k_norm(self.k(x_BSD)[0]).view(shape).transpose(1, 2)
+        v = self.v(x_BSD)[0].view(shape).transpose(1, 2)
+        out = attention(q, k, v, mask).transpose(1, 2).reshape(B, S, -1)
+        return self.o(out)[0]
 
 
 class ViTBlock(nn.Module):
     def __init__(self, mp, v: ViTConfig, std: float, depth: int):
         super().__init__()
         out_std = scaled_std(std, depth)
-        self.norm1 = nn.LayerNorm(v.hidden_size, eps=v.norm_eps)
-        self.attn = SelfAttention(mp, v.hidden_size, v.num_heads, v.num_heads, std,
-                                  qkv_bias=True, out_bias=True, out_std=out_std)
-        self.norm2 = nn.LayerNorm(v.hidden_size, eps=v.norm_eps)
+        self.norm1 = make_norm(v, v.hidden_size)
+        self.attn = ViTAttention(mp, v, std, out_std)
+        self.norm2 = make_norm(v, v.hidden_size)
         self.mlp = GeluMLP(mp, v.hidden_size, v.mlp_size, v.hidden_size, std, out_std)
+        self.layer_scale = v.layer_scale_init > 0
+        if self.layer_scale:
+            self.ls1 = nn.Parameter(torch.full((v.hidden_size,), v.layer_scale_init))
+            self.ls2 = nn.Parameter(torch.full((v.hidden_size,), v.layer_scale_init))
 
     def forward(self, x_BND):
-        x_BND = x_BND + self.attn(self.norm1(x_BND))
-        return x_BND + self.mlp(self.norm2(x_BND))
+        a = self.attn(self.norm1(x_BND))
+        x_BND = x_BND + (self.ls1 * a if self.layer_scale else a)
+        m = self.mlp(self.norm2(x_BND))
+        return x_BND + (self.ls2 * m if self.layer_scale else m)
 
 
 class ViTStack(nn.Module):
@@ -44,7 +107,7 @@ class ViTStack(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> linear -> + learned positions."""
+    """Non-overlapping patches -> linear -> (CLS in front) -> + learned positions."""
 
     def __init__(self, v: ViTConfig, std: float):
         super().__init__()
@@ -52,10 +115,18 @@ class PatchEmbed(nn.Module):
         n = (v.image_size // v.patch_size) ** 2
         self.proj = nn.Linear(3 * self.p * self.p, v.hidden_size)
         self.pos = nn.Parameter(torch.randn(1, n, v.hidden_size) * std)
+        self.use_cls = v.use_cls_token
+        if self.use_cls:
+            self.cls = nn.Parameter(torch.zeros(1, 1, v.hidden_size))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, v.hidden_size))
+
+    def cls_token(self, batch: int):
+        """The CLS token as it enters the first block: [B,1,D]."""
+        return (self.cls + self.cls_pos).expand(batch, -1, -1)
 
     def forward(self, img_B3HW):
         B, C, H, W = img_B3HW.shape
         p = self.p
         x = img_B3HW.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-        x = x.reshape(B, (H // p) * (W // p), C * p * p)
-        return self.proj(x) + self.pos
+        x = self.proj(x.reshape(B, (H // p) * (W // p), C * p * p)) + self.pos
+        return torch.cat([self.cls_token(B), x], dim=1) if self.use_cls else x

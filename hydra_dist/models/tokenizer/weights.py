@@ -1,0 +1,91 @@
+"""Layout-free tokenizer weights: full (un-sharded) tensors in, TP shards out, and back.
+
+A megatron TP parameter carries `tensor_model_parallel` and `partition_dim`; its full tensor is
+the concatenation of the TP ranks' shards along that dim. Files hold full tensors, so a
+tokenizer trained at one TP size loads at any other (tokenizer.init_from, hydra-eval-recon).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+
+def is_tp(p) -> bool:
+    return bool(getattr(p, "tensor_model_parallel", False)) and \
+        ps.get_tensor_model_parallel_world_size() > 1
+
+
+def shard(full, p):
+    """This TP rank's slice of a full tensor, for parameter p."""
+    if not is_tp(p):
+        return full
+    tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    return full.chunk(tp, dim=p.partition_dim)[r]
+
+
+def gather(p) -> torch.Tensor:
+    t = p.detach()
+    if not is_tp(p):
+        return t.clone()
+    group = ps.get_tensor_model_parallel_group()
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, t.contiguous(), group=group)
+    return torch.cat(parts, dim=p.partition_dim)
+
+
+@contextlib.contextmanager
+def zero3_gathered(module, zero_stage: int):
+    """Whole parameters for the duration (ZeRO-3 partitions them; a collective on all ranks)."""
+    if zero_stage == 3:
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def full_state_dict(module) -> dict:
+    """Full tensors of every parameter (collective over TP: call on all TP ranks)."""
+    return {n: gather(p).cpu() for n, p in module.named_parameters()}
+
+
+def load_full(module, full: dict, *, strict: bool = True, where: str = "") -> list[str]:
+    """Copy full tensors into (possibly TP-sharded) parameters; -> names loaded."""
+    params = dict(module.named_parameters())
+    if strict:
+        missing, unknown = sorted(set(params) - set(full)), sorted(set(full) - set(params))
+        if missing or unknown:
+            raise KeyError(f"{where}: missing {missing[:8]}, unexpected {unknown[:8]}")
+    done = []
+    for name, t in full.items():
+        if name not in params:
+            continue
+        p = params[name]
+        t = shard(t, p)
+        if t.shape != p.shape:
+            raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, the model "
+                             f"{tuple(p.shape)} (check model.vit / tokenizer.decoder sizes)")
+        with torch.no_grad():
+            p.copy_(t.to(p.dtype))
+        done.append(name)
+    return done
+
+
+def save_tokenizer(module, path: Path, zero_stage: int, meta: dict) -> None:
+    """All ranks call; DP rank 0 / TP rank 0 writes {"state_dict": full tensors, "meta"}."""
+    with zero3_gathered(module, zero_stage):
+        sd = full_state_dict(module)
+    if dist.get_rank() == 0:
+        tmp = Path(str(path) + ".tmp")
+        torch.save({"state_dict": sd, "meta": meta}, tmp)
+        tmp.replace(path)
+
+
+def load_tokenizer(module, path: str, strict: bool = True) -> dict:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    load_full(module, obj["state_dict"], strict=strict, where=str(path))
+    return obj.get("meta", {})
