@@ -87,16 +87,35 @@ class SelfAttention(nn.Module):
         self.v = col_linear(cfg, hidden, kv_heads * self.head_dim, std, qkv_bias)
         self.o = row_linear(cfg, heads * self.head_dim, hidden, out_std, out_bias)
 
-    def forward(self, x_BSD, mask=None, rope=None):
+    def forward(self, x_BSD, mask=None, rope=None, kv=None):
+        """kv: a LayerKV for inference; new keys/values are appended unless it is frozen."""
         B, S, _ = x_BSD.shape
         q = self.q(x_BSD)[0].view(B, S, self.local_heads, self.head_dim).transpose(1, 2)
         k = self.k(x_BSD)[0].view(B, S, self.local_kv, self.head_dim).transpose(1, 2)
         v = self.v(x_BSD)[0].view(B, S, self.local_kv, self.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:
+            k, v = kv.extend(k, v)
         out = attention(q, k, v, mask)  # [B,H,S,d]
         out = out.transpose(1, 2).reshape(B, S, self.local_heads * self.head_dim)
         return self.o(out)[0]
+
+
+class LayerKV:
+    """One layer's key/value cache [B, Hkv, T, d]. A frozen cache is read but not grown: image
+    generation reuses a text prefix across ODE steps."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.frozen = False
+
+    def extend(self, k, v):
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        if not self.frozen:
+            self.k, self.v = k, v
+        return k, v
 
 
 class GeluMLP(nn.Module):

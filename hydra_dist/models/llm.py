@@ -21,8 +21,8 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = SwiGLU(mp, c.hidden_size, c.ffn_size, std, out_std)
 
-    def forward(self, x, mask, rope):
-        x = x + self.attn(self.input_norm(x), mask, rope)
+    def forward(self, x, mask, rope, kv=None):
+        x = x + self.attn(self.input_norm(x), mask, rope, kv)
         return x + self.mlp(self.post_norm(x))
 
 
@@ -40,11 +40,14 @@ class QwenLM(nn.Module):
     def embed_tokens(self, input_ids_BS):
         return self.embed(input_ids_BS)
 
-    def forward(self, x_BSH, mask, position_ids_BS):
+    def forward(self, x_BSH, mask, position_ids_BS, cache=None):
+        """cache: a list of LayerKV (one per layer) for incremental inference."""
         rope = rope_cos_sin(position_ids_BS, self.cfg.hidden_size // self.cfg.num_heads,
                             self.cfg.rope_theta, x_BSH.dtype)
-        for layer in self.layers:
-            if self.checkpointing and torch.is_grad_enabled():
+        for i, layer in enumerate(self.layers):
+            if cache is not None:
+                x_BSH = layer(x_BSH, mask, rope, cache[i])
+            elif self.checkpointing and torch.is_grad_enabled():
                 x_BSH = torch.utils.checkpoint.checkpoint(layer, x_BSH, mask, rope, use_reentrant=False)
             else:
                 x_BSH = layer(x_BSH, mask, rope)
