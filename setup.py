@@ -87,6 +87,11 @@ setup(
     },
     entry_points={"console_scripts": [
         "hydra-pretrain=hydra_dist.cli.pretrain:main",
+        "hydra-generate=hydra_dist.cli.generate:main",
+        "hydra-eval-shapes=hydra_dist.cli.eval_shapes:main",
+        "hydra-import-hf=hydra_dist.cli.import_hf:main",
+        "hydra-export-hf=hydra_dist.cli.export_hf:main",
+        "hydra-eval-recon=hydra_dist.cli.eval_recon:main",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

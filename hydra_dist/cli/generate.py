@@ -1,0 +1,91 @@
+"""hydra-generate: answer about an image, or generate an image from a prompt.
+
+  hydra-generate RUN --image cat.png [--prompt "..."]                     text (KV cache)
+  hydra-generate RUN --prompt "a red circle" --decoder TOK_RUN --out a.png  image (Euler ODE + CFG)
+
+RUN is a training run folder (its config.yaml and latest checkpoint) or a checkpoint folder.
+TOK_RUN is a HYDRA-TOK run whose pixel flow decoder turns latents into pixels. CPU, one process.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+
+def load_run(path: str, build):
+    """(cfg, model) from a run/checkpoint folder: weights streamed from the ZeRO shards."""
+    from hydra_dist.config import load_config
+    from hydra_dist.export.ds_reader import ZeroCheckpoint
+    from hydra_dist.export.hf_export import resolve_checkpoint
+    step_dir, run_dir = resolve_checkpoint(path)
+    cfg = load_config(run_dir / "config.yaml", ["model.attention=reference"])
+    model = build(cfg)
+    state = dict(ZeroCheckpoint(step_dir).items())
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    wanted = [m for m in missing if not m.startswith("teacher.")]
+    if wanted or unexpected:
+        raise RuntimeError(f"{step_dir}: checkpoint does not fit the model: missing {wanted[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return cfg, model.eval()
+
+
+def save_png(img_3HW, path: Path) -> None:
+    from PIL import Image
+    arr = ((img_3HW.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    Image.fromarray(arr).save(path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="hydra-generate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run")
+    ap.add_argument("--image", help="answer about this image")
+    ap.add_argument("--prompt", default="")
+    ap.add_argument("--decoder", help="HYDRA-TOK run folder (pixel decoder) for image generation")
+    ap.add_argument("--out", default="generated.png")
+    ap.add_argument("--steps", type=int, default=20, help="ODE steps in latent space")
+    ap.add_argument("--decoder-steps", type=int, default=20, help="ODE steps of the pixel decoder")
+    ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not args.image and not args.decoder:
+        ap.error("give --image (understanding) or --prompt with --decoder (generation)")
+    logging.basicConfig(level=logging.WARNING)
+    from hydra_dist.data.tokenizer import load_tokenizer
+    from hydra_dist.distributed.init import init_distributed, shutdown
+    from hydra_dist.models import sampling
+    from hydra_dist.models.hydra import HydraModel
+    init_distributed(1, 1, 600, "gloo")
+    try:
+        cfg, model = load_run(args.run, lambda c: HydraModel(c.model))
+        tok = load_tokenizer(cfg.data.tokenizer)
+        if args.image:
+            from PIL import Image
+
+            from hydra_dist.data.collate import image_to_tensor
+            img = image_to_tensor(Image.open(args.image), cfg.model.vit.image_size)
+            print(sampling.answer(model, tok, img, args.prompt, args.max_new_tokens,
+                                  args.temperature, args.seed))
+            return 0
+        from hydra_dist.models.tokenizer.decoder import euler_sample
+        from hydra_dist.models.tokenizer.model import HydraTok
+        _, tok_model = load_run(args.decoder, HydraTok)
+        mu = sampling.generate_latent(model, tok, args.prompt, args.steps, args.cfg_scale, args.seed)
+        size = cfg.model.vit.image_size
+        noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))
+        img = euler_sample(tok_model.decoder, mu, noise, args.decoder_steps)[0]
+        save_png(img, Path(args.out))
+        print(args.out)
+        return 0
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
