@@ -1,0 +1,86 @@
+"""Export memory and throughput: the streaming ZeRO-3 reader + sharded writer vs a raw copy of
+the same bytes, on a synthetic DeepSpeed-layout checkpoint (dp=2, fp32, N tensors of M MB).
+
+  python benchmarks/bench_export.py [--tensors 6] [--mb 64] [--shard-mb 128]
+
+Prints peak RSS above the post-import baseline (deepspeed imported) (VmHWM delta, measured in a fresh process) next
+to the largest tensor and shard size, and export time vs `cp` of the optim files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+CHILD = r"""
+import json, sys, time
+import torch
+from hydra_dist.export.ds_reader import ZeroCheckpoint
+from hydra_dist.export.ds_reader import _ds_safe_globals
+from hydra_dist.export.st_io import ShardedWriter
+_ds_safe_globals()  # imports deepspeed (~100 MB of modules): part of the baseline, not of the export
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+base = hwm()
+t0 = time.perf_counter()
+ck = ZeroCheckpoint(sys.argv[1])
+w = ShardedWriter(sys.argv[2], int(sys.argv[3]), [(n, ck.shape(n), ck.dtype(n)) for n in ck.names()])
+for n in ck.names():
+    w.add(n, ck.load(n))
+w.close()
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_delta": hwm() - base, "base": base}))
+"""
+
+
+def make_checkpoint(folder: Path, tensors: int, mb: int, dp: int = 2) -> int:
+    numel = mb * 2 ** 20 // 4
+    side = int(math.isqrt(numel))
+    shapes = OrderedDict((f"llm.layers.{i}.mlp.up.weight", torch.Size([side, side])) for i in range(tensors))
+    chunks = [math.ceil(s.numel() / dp) for s in shapes.values()]
+    for r in range(dp):
+        flat = torch.randn(sum(chunks))
+        torch.save({"param_shapes": [shapes], "buffer_names": [], "module": {}, "shared_params": {},
+                    "frozen_param_shapes": {}, "frozen_param_fragments": {}},
+                   folder / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt")
+        torch.save({"optimizer_state_dict": {"zero_stage": 3, "partition_count": dp,
+                                             "fp32_flat_groups": [flat]}},
+                   folder / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
+    return side * side * 4
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tensors", type=int, default=6)
+    ap.add_argument("--mb", type=int, default=64)
+    ap.add_argument("--shard-mb", type=int, default=128)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        ck, out, raw = Path(tmp) / "ck", Path(tmp) / "out", Path(tmp) / "raw"
+        ck.mkdir()
+        raw.mkdir()
+        tbytes = make_checkpoint(ck, a.tensors, a.mb)
+        t0 = time.perf_counter()
+        for f in ck.glob("*optim_states.pt"):
+            shutil.copyfile(f, raw / f.name)
+        raw_s = time.perf_counter() - t0
+        res = json.loads(subprocess.check_output([sys.executable, "-c", CHILD, str(ck), str(out),
+                                                  str(a.shard_mb * 2 ** 20)]).decode().strip().splitlines()[-1])
+    total = tbytes * a.tensors
+    print(f"| checkpoint | largest tensor | shard | export s | raw copy s | ratio | peak RSS delta |")
+    print(f"| {total / 2**20:.0f} MB | {tbytes / 2**20:.0f} MB | {a.shard_mb} MB | {res['seconds']:.2f} | "
+          f"{raw_s:.2f} | {res['seconds'] / max(raw_s, 1e-9):.1f}x | {res['peak_delta'] / 2**20:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
