@@ -92,6 +92,8 @@ def build_model(cfg: RunConfig, layout: Layout):
     # DP replicas start equal.
     torch.manual_seed(cfg.train.seed)
     model = HydraModel(cfg.model)
+    from hydra_dist.checkpoint.init_weights import load_initial_weights
+    load_initial_weights(model, cfg)   # no-op when model.init_from == ""; before ZeRO partitions
     model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
