@@ -4,6 +4,7 @@ Layout under <run>/checkpoints:
   step00000020/          DeepSpeed shards (every rank writes its own) +
     trainer_state.json   step, consumed samples/tokens, data position, MLflow run id
     rank_state/rankN.pt  RNG states of rank N (tensors and plain lists: weights_only loadable)
+    extra_state.pt       optional replicated state outside the engine (save(extra=...))
     manifest.json        every file with its size; written last, checked on load
   latest                 the tag of the newest complete checkpoint
 A save goes to .tmp-stepN and is renamed only after every rank finished, and `latest` moves only
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 MANIFEST = "manifest.json"
+EXTRA = "extra_state.pt"
 
 
 def _barrier():
@@ -82,7 +84,10 @@ class CheckpointManager:
             raise RuntimeError(f"latest checkpoint is damaged: {problem}")
         return tag
 
-    def save(self, engine, step: int, trainer_state: Dict[str, Any]) -> str:
+    def save(self, engine, step: int, trainer_state: Dict[str, Any],
+             extra: Optional[Dict[str, Any]] = None) -> str:
+        """extra: replicated state outside the engine (e.g. a GAN discriminator and its
+        optimizer), written by rank 0 as extra_state.pt and covered by the manifest."""
         tag, tmp_tag = f"step{step:08d}", f".tmp-step{step:08d}"
         tmp = self.root / tmp_tag
         if self.rank == 0:
@@ -94,6 +99,8 @@ class CheckpointManager:
         torch.save(rng_state(), tmp / "rank_state" / f"rank{self.rank}.pt")
         _barrier()
         if self.rank == 0:
+            if extra is not None:
+                torch.save(extra, tmp / EXTRA)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             _write_manifest(tmp)
             final = self.root / tag
@@ -121,3 +128,8 @@ class CheckpointManager:
         if rank_file.is_file():  # absent when the world size changed; RNG then restarts per seed
             set_rng_state(torch.load(rank_file, weights_only=True))
         return json.loads((folder / "trainer_state.json").read_text())
+
+    def load_extra(self, tag: str) -> Optional[Dict[str, Any]]:
+        """What save(extra=...) wrote, or None."""
+        f = self.root / tag / EXTRA
+        return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
