@@ -33,6 +33,7 @@
 #                          SIGTERM comes from scancel or from SLURM preemption, which requeues
 #                          by itself where PreemptMode=REQUEUE)
 #   HYDRA_REQUEUE_ON_FAILURE  1: also requeue after a failed step (node/NCCL failure)
+#   HYDRA_RESIGNAL_S       send the signal to the step again every N s while it runs (60)
 #   HYDRA_SRUN_ARGS        extra srun arguments (word-split)
 #   HYDRA_TASK_WRAPPER     command put before python in every task (word-split), e.g.
 #                          "apptainer exec --nv img.sif" or "numactl --interleave=all"
@@ -41,6 +42,7 @@ HYDRA_LAUNCH_LOG=/dev/null
 HYDRA_RESTART=0
 SIGNALLED=""
 SRUN_PID=""
+FORWARDED_AT=0
 
 hydra_log() {
   printf '%s [hydra job %s restart %s] %s\n' "$(date +%FT%T)" "${SLURM_JOB_ID:-}" "$HYDRA_RESTART" "$*" \
@@ -55,10 +57,16 @@ hydra_on_signal() {
   SIGNALLED="$sig"
   if [ -n "$SRUN_PID" ] && kill -0 "$SRUN_PID" 2>/dev/null; then
     hydra_log "received SIG$sig: forwarding to the training step (srun pid $SRUN_PID)"
-    kill -s "$sig" "$SRUN_PID" 2>/dev/null || true
+    hydra_forward
   else
     hydra_log "received SIG$sig before the training step started"
   fi
+}
+
+# srun relays the signal to every process of every task (slurmstepd signals the whole step).
+hydra_forward() {
+  FORWARDED_AT=$SECONDS
+  kill -s "$SIGNALLED" "$SRUN_PID" 2>/dev/null || true
 }
 
 hydra_requeue() {
@@ -171,21 +179,30 @@ hydra_main() {
   fi
 
   # ---- the training step ------------------------------------------------------------------
+  # Each task starts with SIGUSR1 ignored (`trap "" USR1` is inherited through exec): the
+  # trainer installs its own handler, while the processes it starts (DataLoader workers,
+  # helpers), which SLURM signals as well, ignore it instead of dying and crashing the rank
+  # before it can save. A rank still starting up ignores it too, hence the resend below.
   # shellcheck disable=SC2086  # HYDRA_SRUN_ARGS and HYDRA_TASK_WRAPPER are meant to be word-split
   srun --nodes="$nnodes" --ntasks="$world" --ntasks-per-node="$ppn" --cpus-per-task="$cpt" \
     --kill-on-bad-exit=1 --wait=120 "${step_args[@]}" ${HYDRA_SRUN_ARGS:-} \
     --output="$log_dir/rank%t.log" \
+    bash -c 'trap "" USR1; exec "$@"' hydra-task \
     ${HYDRA_TASK_WRAPPER:-} "$py" -u -m "$entry" "$config" "${overrides[@]}" &
   SRUN_PID=$!
-  [ -z "$SIGNALLED" ] || kill -s "$SIGNALLED" "$SRUN_PID" 2>/dev/null || true
-  local rc
-  while :; do
-    rc=0
-    wait "$SRUN_PID" || rc=$?
-    # a trapped signal interrupts `wait` (status > 128) while srun still runs: wait again
-    if [ "$rc" -gt 128 ] && kill -0 "$SRUN_PID" 2>/dev/null; then continue; fi
-    break
+  [ -z "$SIGNALLED" ] || hydra_forward
+  # Poll rather than block in `wait`, so that the traps run at once and a signal can be sent
+  # again while the step runs (a rank still starting up ignores the first one, see above).
+  local resend="${HYDRA_RESIGNAL_S:-60}"
+  while kill -0 "$SRUN_PID" 2>/dev/null; do
+    sleep 2 & wait $! 2>/dev/null || true
+    if [ -n "$SIGNALLED" ] && [ $((SECONDS - FORWARDED_AT)) -ge "$resend" ] && kill -0 "$SRUN_PID" 2>/dev/null; then
+      hydra_log "step still running ${resend}s after SIG$SIGNALLED: sending it again"
+      hydra_forward
+    fi
   done
+  local rc=0
+  wait "$SRUN_PID" || rc=$?
   hydra_log "training step ended with status $rc${SIGNALLED:+ after SIG$SIGNALLED}"
   tail -n 5 "$log_dir/rank0.log" 2>/dev/null | sed 's/^/  rank0| /' || true
 

@@ -146,13 +146,13 @@ PartitionName=test Nodes={names} Default=YES MaxTime=INFINITE State=UP
                     [_which("slurmd"), "-D", "-N", n, "-f", str(self.conf)], env=self.env,
                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log" / f"slurmd-{n}.stderr", "w"),
                     start_new_session=True))
-            self._wait_for(self._nodes_idle, 60, "both nodes idle")
+            self._wait_for(self.nodes_idle, 60, "both nodes idle")
         except Exception:
             self.stop()
             raise
         return self
 
-    def _nodes_idle(self) -> bool:
+    def nodes_idle(self) -> bool:
         out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False).stdout.split("\n")
         states = dict(line.split() for line in out if line.strip())
         return len(states) == len(NODES) and all(s.startswith("idle") for s in states.values())
