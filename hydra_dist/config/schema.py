@@ -113,14 +113,43 @@ class SyntheticDataConfig:
     seed: int = 1234
 
 
+SOURCE_TASKS = ("auto", "caption", "generation", "text", "instruct")
+
+
+@dataclass
+class SourceConfig:
+    """One MDS source of a stage mixture (docs/data.md). Each source feeds one task; the same
+    image-caption folder may appear twice (once as caption, once as generation)."""
+    # Local MDS folder, or a remote URI (s3://, gs://, ...) whose shards are cached under
+    # data.cache_dir.
+    path: str = ""
+    # Optional explicit remote (a URI or a local folder): shards are copied from it into `path`
+    # (or into data.cache_dir when `path` is empty).
+    remote: str = ""
+    # caption | generation | text | instruct (LLaVA conversations) | auto (image rows split by
+    # data.generation_fraction, rows without image -> text).
+    task: Literal["auto", "caption", "generation", "text", "instruct"] = "auto"
+    # Relative weight in the mixture (normalised over sources); 0 on every source: natural sizes.
+    proportion: float = 0.0
+    # Name in metrics (error counts); default "<folder name>/<task>".
+    name: str = ""
+
+
 @dataclass
 class DataConfig:
     # MDS folder (or remote URI); empty means: generate the synthetic set into the run folder.
+    # Ignored when `sources` is set.
     path: str = ""
+    # Stage mixture: one entry per stream (docs/data.md); empty: the single `path` above.
+    sources: List[SourceConfig] = field(default_factory=list)
+    # Shard cache for remote sources (empty: <tmp>/hydra_mds_cache).
+    cache_dir: str = ""
+    # Samples per epoch over all sources (0: sum of the sources' sizes).
+    epoch_size: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
     tokenizer: str = "byte"      # "byte" or a local Hugging Face tokenizer folder
     max_text_tokens: int = 48
-    # Share of generation samples (image from caption); the rest are understanding samples.
+    # Share of generation samples (image from caption) among `auto` image rows.
     generation_fraction: float = 0.5
     # Pack samples into rows of this many tokens (0: one sample per row, fixed length).
     pack_tokens: int = 0
@@ -129,6 +158,29 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 17
     num_workers: int = 0
+
+
+def check_data(d: DataConfig) -> list[tuple[str, str]]:
+    errs: list[tuple[str, str]] = []
+    if not 0.0 <= d.generation_fraction <= 1.0:
+        errs.append(("data.generation_fraction", f"{d.generation_fraction} is not within [0, 1]"))
+    if d.max_text_tokens < 4:
+        errs.append(("data.max_text_tokens", "must be >= 4"))
+    if d.epoch_size < 0:
+        errs.append(("data.epoch_size", "must be >= 0"))
+    weighted = [s.proportion > 0 for s in d.sources]
+    for i, s in enumerate(d.sources):
+        key = f"data.sources[{i}]"
+        if not s.path and not s.remote:
+            errs.append((f"{key}.path", "a source needs a path or a remote"))
+        if s.proportion < 0:
+            errs.append((f"{key}.proportion", f"{s.proportion} is negative"))
+        elif any(weighted) and not weighted[i]:
+            errs.append((f"{key}.proportion", "set a proportion on every source or on none"))
+    names = [s.name for s in d.sources if s.name]
+    for n in sorted({n for n in names if names.count(n) > 1}):
+        errs.append(("data.sources", f"source name {n!r} is used twice"))
+    return errs
 
 
 @dataclass
@@ -152,6 +204,10 @@ class TrainConfig:
     log_every: int = 1
     # Save and exit at this step though train.steps is larger (0 = off): time-sliced jobs, tests.
     stop_at_step: int = 0
+    # A step whose loss is NaN/Inf on any rank is skipped; this many in a row save and stop.
+    max_skipped_in_row: int = 5
+    # Fault injection for tests: these steps (1-based) get a NaN loss.
+    inject_nan_at_steps: List[int] = field(default_factory=list)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -219,9 +275,7 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(p.micro_batch_size >= 1, "parallel.micro_batch_size", "must be >= 1")
     need(p.grad_accum >= 1, "parallel.grad_accum", "must be >= 1")
     need(p.timeout_s > 0, "parallel.timeout_s", "must be positive")
-    need(0.0 <= cfg.data.generation_fraction <= 1.0, "data.generation_fraction",
-         f"{cfg.data.generation_fraction} is not within [0, 1]")
-    need(cfg.data.max_text_tokens >= 4, "data.max_text_tokens", "must be >= 4")
+    errs += check_data(cfg.data)
     o = cfg.train.optim
     need(o.lr > 0, "train.optim.lr", "must be positive")
     for part, lr in o.lr_per_part.items():

@@ -16,6 +16,7 @@ from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 
 from .preemption import FINISHED_MARKER, PreemptionFlag
+from .step import Phase, deepspeed_step, loss_denominators
 from .run_setup import (build_loader, build_model, make_tracker, prepare_data, run_tags,
                         write_resolved)
 
@@ -37,6 +38,12 @@ def train(cfg: RunConfig) -> dict:
     layout = init_distributed(p.tp, p.pp, p.timeout_s, p.backend)
     try:
         return _train(cfg, layout)
+    except Exception as e:
+        # Name the rank and what it was doing: a timed-out collective otherwise reads as a
+        # bare gloo/NCCL error from deep inside a library.
+        log.error("rank %d (tp %d, pp %d, dp %d) failed during %s: %s: %s", layout.rank,
+                  layout.tp_rank, layout.pp_rank, layout.dp_rank, Phase.current, type(e).__name__, e)
+        raise
     finally:
         shutdown()
 
@@ -64,6 +71,12 @@ def _train(cfg: RunConfig, layout) -> dict:
         tracker.set_tags(run_tags(cfg, layout))
         tracker.log_artifact(str(run_dir / "config.yaml"))
     metrics_file = run_dir / "metrics.jsonl"
+    if tag and layout.holds_loss and metrics_file.is_file():
+        # Steps logged after the checkpoint we resume from are redone: drop them so the file
+        # has every step exactly once (a crash between checkpoints otherwise repeats them).
+        keep = [ln for ln in metrics_file.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= state["step"]]
+        metrics_file.write_text("".join(ln + "\n" for ln in keep))
     ga, step = cfg.parallel.grad_accum, state["step"]
     from megatron.core import parallel_state as ps
     dp_group = ps.get_data_parallel_group()
@@ -71,28 +84,25 @@ def _train(cfg: RunConfig, layout) -> dict:
     history = []
     preempt = PreemptionFlag()
     stopped_by = None
+    skipped, skipped_in_row = state.get("skipped_steps", 0), 0
     while step < min(cfg.train.steps, stop_at):
         t0 = time.perf_counter()
+        Phase.set("data loading")
         batches = [next(loader) for _ in range(ga)]
-        # Global loss denominators for the whole step (all micro-batches, all DP ranks), so
-        # every token and generated image weighs the same wherever it landed.
-        counts = torch.tensor([sum(float(b["labels"].ge(0).sum()) for b in batches),
-                               sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches),
-                               sum(float(b["segment_ids"].gt(0).sum()) for b in batches)],
-                              dtype=torch.float64)
-        dist.all_reduce(counts, group=dp_group)
-        ntp_den = max(counts[0].item(), 1.0) / (layout.dp * ga)
-        fm_den = max(counts[1].item(), 1.0) / (layout.dp * ga)
-        acc = torch.zeros(3, dtype=torch.float64)  # loss, ntp, fm: global means after the sum
-        for micro, batch in enumerate(batches):
-            batch = _to_device(batch, device)
-            out = engine(batch, noise_seed=_noise_seed(cfg.train.seed, step),
-                         ntp_den=ntp_den, fm_den=fm_den)
-            engine.backward(out["loss"])
-            engine.step()
-            acc += torch.stack([out["loss"].detach().double().cpu(), out["ntp"].double().cpu(),
-                                out["fm"].double().cpu()])
-        dist.all_reduce(acc, group=dp_group)
+        ntp_den, fm_den, counts = loss_denominators(batches, dp_group, layout.dp)
+        inject = step + 1 in cfg.train.inject_nan_at_steps  # fault-injection tests only
+        res = deepspeed_step(engine, batches, lambda b: _to_device(b, device),
+                             _noise_seed(cfg.train.seed, step), ntp_den, fm_den, dp_group,
+                             cfg.parallel.micro_batch_size * layout.dp, inject)
+        acc = res["acc"]
+        if res["skipped"]:
+            skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
+            log.warning("step %d: non-finite loss on some rank; step skipped (%d in a row, %d total)",
+                        step + 1, skipped_in_row, skipped)
+            if skipped_in_row >= cfg.train.max_skipped_in_row:
+                stopped_by = f"{skipped_in_row} non-finite steps in a row"
+        else:
+            skipped_in_row = 0
         step += 1
         g_samples = cfg.parallel.micro_batch_size * ga * layout.dp
         state["consumed_samples"] += g_samples
@@ -103,6 +113,7 @@ def _train(cfg: RunConfig, layout) -> dict:
              "fm_loss": acc[2].item() / denom, "grad_norm": float(engine.get_global_grad_norm() or 0.0),
              "samples_per_s": g_samples / dt, "tokens_per_s": counts[2].item() / dt,
              "step_time_s": dt, "consumed_samples": state["consumed_samples"],
+             "skipped_steps": skipped,
              "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
         for i, g in enumerate(engine.optimizer.param_groups):
             m[f"lr/{g.get('name', i)}"] = g["lr"]
@@ -117,12 +128,18 @@ def _train(cfg: RunConfig, layout) -> dict:
         if preempt.agreed():
             stopped_by = preempt.raised or "peer rank signal"
         if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at) or stopped_by:
-            state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id)
+            Phase.set("checkpoint save")
+            state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id,
+                         skipped_steps=skipped)
             saved = ckpt.save(engine, step, state)
             log.info("checkpoint %s", run_dir / "checkpoints" / saved)
         if stopped_by:
             log.warning("stopping at step %d after %s; re-run the same command to resume", step, stopped_by)
             break
+    if stopped_by and "non-finite" in stopped_by:
+        tracker.finish("FAILED")
+        raise RuntimeError(f"training stopped at step {step}: {stopped_by} (checkpoint saved; "
+                           "lower the learning rate or inspect the data before resuming)")
     finished = step >= cfg.train.steps
     if finished and layout.rank == 0:
         (run_dir / FINISHED_MARKER).write_text(f"{step}\n")
