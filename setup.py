@@ -92,6 +92,7 @@ setup(
         "hydra-import-hf=hydra_dist.cli.import_hf:main",
         "hydra-export-hf=hydra_dist.cli.export_hf:main",
         "hydra-eval-recon=hydra_dist.cli.eval_recon:main",
+        "hydra-prepare-data=hydra_dist.cli.prepare_data:main",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

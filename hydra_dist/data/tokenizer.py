@@ -33,6 +33,17 @@ class HFTokenizer:
         if img is None or img == self.tok.unk_token_id:
             raise ValueError(f"data.tokenizer: {path} has no <|image_pad|> token")
         self.IMG = img
+        self.path = path
+        for special in ("<|im_start|>", "<|im_end|>"):
+            tid = self.tok.convert_tokens_to_ids(special)
+            if tid is None or tid == self.tok.unk_token_id:
+                raise ValueError(f"data.tokenizer: {path} has no {special} token")
+
+    def render_chat(self, messages: List[dict]) -> str:
+        """Messages [{role, content}] -> text through the tokenizer's chat template."""
+        if not self.tok.chat_template:
+            raise ValueError(f"data.tokenizer: {self.path} has no chat template (instruct data)")
+        return self.tok.apply_chat_template(messages, tokenize=False)
 
     def encode(self, text: str) -> List[int]:
         return self.tok.encode(text, add_special_tokens=False)

@@ -1,0 +1,142 @@
+"""Parallel, deterministic conversion of an input corpus to MDS (see schemas.py).
+
+Every unit (a chunk of records, a tar shard, a parquet row group) is written by one worker
+into its own part folder `part-NNNNN/`; the parts' index files are then merged with
+streaming's `merge_index` in unit order. Units do not depend on the worker count, so the
+same input gives byte-identical shards for any number of workers. Records whose image does
+not decode (or that lack a field) are left out and listed in `conversion_summary.json`.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List
+
+from .convert_inputs import (records, units_folder, units_llava, units_parquet, units_text,
+                             units_webdataset)
+from .schemas import SCHEMA_OF_INPUT, SCHEMAS
+
+SUMMARY = "conversion_summary.json"
+
+
+@dataclass
+class ConvertOptions:
+    kind: str                      # folder | webdataset | parquet | text | llava
+    inputs: List[str]
+    out: str
+    workers: int = 1
+    images_root: str = ""          # folder / llava: where relative image paths start
+    image_column: str = "image"    # parquet
+    caption_column: str = "caption"
+    text_field: str = "text"       # text JSONL
+    chunk_size: int = 1000         # records per unit (folder, text, llava)
+    max_side: int = 0              # > 0: shrink larger images to this longer side (re-encodes)
+    reencode: bool = False         # always store JPEG (quality below)
+    jpeg_quality: int = 90
+    shard_size: str = "64mb"
+    compression: str = ""          # e.g. "zstd"; empty: none
+    progress: bool = True
+
+
+def make_units(o: ConvertOptions) -> list:
+    if o.kind == "folder":
+        return units_folder(o.inputs, o.images_root, o.chunk_size)
+    if o.kind == "webdataset":
+        return units_webdataset(o.inputs)
+    if o.kind == "parquet":
+        return units_parquet(o.inputs, o.image_column, o.caption_column)
+    if o.kind == "text":
+        return units_text(o.inputs, o.text_field, o.chunk_size)
+    if o.kind == "llava":
+        return units_llava(o.inputs, o.images_root, o.chunk_size)
+    raise ValueError(f"unknown input kind {o.kind!r} (folder, webdataset, parquet, text, llava)")
+
+
+def _image_fields(data: bytes, o: ConvertOptions) -> dict:
+    """Validate (fully decode) and optionally shrink / re-encode; raises on a bad image."""
+    from .transforms import decode_image, encode_jpeg, limit_side
+    img = decode_image(data)
+    small = limit_side(img, o.max_side)
+    if small is not img or o.reencode:
+        data, img = encode_jpeg(small, o.jpeg_quality), small
+    return {"image": data, "width": img.size[0], "height": img.size[1]}
+
+
+def _row(schema: str, i: int, key: str, fields: dict, o: ConvertOptions) -> dict:
+    if schema == "text":
+        return {"id": i, "text": fields["text"]}
+    if schema == "instruct":
+        img = _image_fields(fields["image"], o)["image"] if fields["image"] else b""
+        return {"id": i, "key": key, "image": img, "conversations": fields["conversations"]}
+    return {"id": i, "key": key, "caption": fields["caption"], **_image_fields(fields["image"], o)}
+
+
+def write_unit(args) -> dict:
+    """Write one unit into out/part-NNNNN; returns counts and the skipped records."""
+    from streaming import MDSWriter
+    index, unit, o = args
+    schema = SCHEMA_OF_INPUT[o.kind]
+    part = Path(o.out) / f"part-{index:05d}"
+    if part.exists():
+        shutil.rmtree(part)
+    skipped, written = [], 0
+    with MDSWriter(out=str(part), columns=SCHEMAS[schema], size_limit=o.shard_size,
+                   compression=o.compression or None) as w:
+        for rec in records(unit):
+            i, key = rec[0], rec[1]
+            if rec[2] is None:
+                skipped.append({"id": i, "key": key, "reason": rec[3]})
+                continue
+            try:
+                row = _row(schema, i, key, rec[2], o)
+            except Exception as e:  # noqa: BLE001 - any decode failure skips the record
+                skipped.append({"id": i, "key": key, "reason": f"{type(e).__name__}: {e}"})
+                continue
+            w.write(row)
+            written += 1
+    return {"index": index, "written": written, "skipped": skipped}
+
+
+def convert(o: ConvertOptions) -> dict:
+    """Convert and merge; returns the summary (also written to out/conversion_summary.json)."""
+    from streaming.base.util import merge_index
+    from tqdm import tqdm
+    out = Path(o.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("part-*")) + [out / "index.json", out / SUMMARY]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    units = make_units(o)
+    jobs = [(i, u, o) for i, u in enumerate(units)]
+    results = []
+    bar = tqdm(total=len(jobs), desc=f"{o.kind} -> MDS", unit="part", disable=not o.progress)
+    if o.workers > 1 and len(jobs) > 1:
+        # spawn: workers must not inherit the parent's threads / open handles (fork + threads)
+        with mp.get_context("spawn").Pool(min(o.workers, len(jobs))) as pool:
+            for r in pool.imap_unordered(write_unit, jobs):
+                results.append(r)
+                bar.update(1)
+                bar.set_postfix(samples=sum(x["written"] for x in results))
+    else:
+        for job in jobs:
+            results.append(write_unit(job))
+            bar.update(1)
+            bar.set_postfix(samples=sum(x["written"] for x in results))
+    bar.close()
+    results.sort(key=lambda r: r["index"])
+    parts = [str(out / f"part-{r['index']:05d}" / "index.json") for r in results]
+    if parts:
+        merge_index(parts, str(out), keep_local=True, download_timeout=60)
+    else:
+        (out / "index.json").write_text(json.dumps({"version": 2, "shards": []}))
+    skipped = sorted((s for r in results for s in r["skipped"]), key=lambda s: s["id"])
+    summary = {"input_kind": o.kind, "schema": SCHEMA_OF_INPUT[o.kind],
+               "columns": SCHEMAS[SCHEMA_OF_INPUT[o.kind]], "units": len(units),
+               "samples_written": sum(r["written"] for r in results),
+               "samples_skipped": len(skipped), "skipped": skipped,
+               "options": {k: v for k, v in asdict(o).items()
+                           if k not in ("out", "workers", "progress")}}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
+    return summary

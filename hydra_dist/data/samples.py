@@ -1,0 +1,169 @@
+"""Sources -> one StreamingDataset with a Stream per source, and per-sample decoding.
+
+Each Stream carries its task (caption, generation, text, instruct, auto), so a stage's
+text : caption : generation ratio is the ratio of the streams' proportions, and a sample's
+task is fixed by the stream it was drawn from (no hashing). `auto` keeps the old behaviour:
+image rows are split by `generation_fraction` on a hash of the sample id, rows without an
+image are text. A sample's id is its global index in the dataset (unique across sources,
+independent of world size and of resumption), which seeds its task hash, prompt dropout and
+flow noise in the collator.
+
+Decoding is wrapped: a sample that fails (truncated image, missing field, wrong type) comes
+back as a marker {"__bad__": reason, "source": name, "id": idx} that the loader drops and
+counts; the run goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from streaming import Stream, StreamingDataset
+
+from .transforms import decode_image, resize_center_crop
+
+# Errors that mean "this sample is bad"; anything else (a missing shard, a crashed download
+# thread) still stops the run.
+SAMPLE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, EOFError,
+                 SyntaxError, UnicodeDecodeError, json.JSONDecodeError, OSError)
+
+
+@dataclass
+class SourceSpec:
+    """What the dataset needs of one data.sources entry (config.schema.SourceConfig)."""
+    path: str = ""
+    remote: str = ""
+    task: str = "auto"
+    proportion: float = 0.0
+    name: str = ""
+
+
+def _cache_root(cache_dir: str) -> Path:
+    return Path(cache_dir or f"{tempfile.gettempdir()}/hydra_mds_cache")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def resolve_streams(sources: List[SourceSpec], cache_dir: str = "") -> List[dict]:
+    """(local, remote, name, task, proportion) per source. Streaming refuses two streams on one
+    local folder; a local source used twice (caption and generation) gets a symlinked alias."""
+    out, seen = [], set()
+    for i, s in enumerate(sources):
+        remote = s.remote or (s.path if "://" in s.path else "")
+        local = s.path if (s.path and "://" not in s.path) else ""
+        if remote and not local:
+            local = str(_cache_root(cache_dir) / f"{_digest(remote)}-{i}")
+        if not remote and not (Path(local) / "index.json").is_file():
+            raise FileNotFoundError(f"data.sources[{i}].path: {local} has no MDS index.json")
+        key = os.path.realpath(local)
+        if key in seen:
+            if remote:
+                local = str(_cache_root(cache_dir) / f"{_digest(remote)}-{i}")
+            else:
+                alias = _cache_root(cache_dir) / "alias" / f"{_digest(key)}-{i}"
+                alias.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    alias.symlink_to(key, target_is_directory=True)
+                except FileExistsError:
+                    pass
+                local = str(alias)
+        seen.add(os.path.realpath(local))
+        name = s.name or f"{Path(s.path or s.remote.rstrip('/')).name}/{s.task}"
+        out.append({"local": local, "remote": remote or None, "name": name, "task": s.task,
+                    "proportion": s.proportion or None})
+    return out
+
+
+def strip_image_tag(text: str) -> str:
+    return text.replace("<image>\n", "").replace("\n<image>", "").replace("<image>", "").strip()
+
+
+def conversation_messages(conv) -> list:
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+             "system": "system"}
+    if not isinstance(conv, list) or not conv:
+        raise ValueError("conversations is not a non-empty list")
+    msgs = []
+    for turn in conv:
+        if turn.get("from") not in roles or not isinstance(turn.get("value"), str):
+            raise ValueError(f"bad conversation turn {str(turn)[:80]}")
+        msgs.append({"role": roles[turn["from"]], "content": strip_image_tag(turn["value"])})
+    return msgs
+
+
+class ChatRenderer:
+    """Conversation -> text with the tokenizer's chat template (or a ChatML fallback for the
+    byte tokenizer). Loaded lazily so the dataset stays cheap to pickle into workers."""
+
+    def __init__(self, tokenizer_spec: str = "byte"):
+        self.spec, self._tok = tokenizer_spec, None
+
+    def __call__(self, messages: list) -> str:
+        if self.spec == "byte":
+            return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        if self._tok is None:
+            from .tokenizer import HFTokenizer
+            self._tok = HFTokenizer(self.spec)
+        return self._tok.render_chat(messages)
+
+    def __getstate__(self):
+        return {"spec": self.spec, "_tok": None}
+
+
+class MixtureDataset(StreamingDataset):
+    """A StreamingDataset whose samples come back decoded, tagged with task and source."""
+
+    def __init__(self, *, stream_info: List[dict], image_size: Optional[int],
+                 chat: Optional[ChatRenderer] = None, **kwargs):
+        streams = [Stream(local=s["local"], remote=s["remote"], proportion=s["proportion"])
+                   for s in stream_info]
+        super().__init__(streams=streams, **kwargs)
+        self.stream_info, self.image_size = stream_info, image_size
+        self.chat = chat or ChatRenderer()
+
+    def stream_of(self, idx: int) -> int:
+        shard_id, _ = self.spanner[idx]
+        return int(self.stream_per_shard[shard_id])
+
+    def get_item(self, idx: int, retry: int = 7):
+        info = self.stream_info[self.stream_of(idx)]
+        try:
+            raw = super().get_item(idx, retry)
+            return self.decode(raw, info, idx)
+        except SAMPLE_ERRORS as e:
+            return {"__bad__": f"{type(e).__name__}: {e}"[:300], "source": info["name"], "id": idx}
+
+    def _image(self, data):
+        img = decode_image(data)
+        return resize_center_crop(img, self.image_size) if self.image_size else img
+
+    def decode(self, raw: dict, info: dict, idx: int) -> dict:
+        task = info["task"]
+        out = {"id": idx, "source": info["name"]}
+        if task == "instruct":
+            text = self.chat(conversation_messages(raw["conversations"]))
+            img = raw.get("image")
+            if img is not None and len(img):
+                out.update(task="caption", image=self._image(img), caption=text)
+            else:
+                out.update(task="text", text=text)
+            return out
+        if task == "text" or (task == "auto" and raw.get("image") is None):
+            text = raw.get("text", raw.get("caption"))
+            if not isinstance(text, str):
+                raise TypeError(f"text is {type(text).__name__}, not str")
+            out.update(task="text", text=text)
+            return out
+        caption = raw["caption"]
+        if not isinstance(caption, str):
+            raise TypeError(f"caption is {type(caption).__name__}, not str")
+        out.update(image=self._image(raw["image"]), caption=caption)
+        if task != "auto":  # auto: the collator hashes the id with generation_fraction
+            out["task"] = task
+        return out
