@@ -132,6 +132,7 @@ class MixtureDataset(StreamingDataset):
         return int(self.stream_per_shard[shard_id])
 
     def get_item(self, idx: int, retry: int = 7):
+        idx = int(idx)  # streaming hands numpy ints; ids go to json state and tensors
         info = self.stream_info[self.stream_of(idx)]
         try:
             raw = super().get_item(idx, retry)
