@@ -4,7 +4,8 @@
   hydra-generate RUN --prompt "a red circle" --decoder TOK_RUN --out a.png  image (Euler ODE + CFG)
 
 RUN is a training run folder (its config.yaml and latest checkpoint) or a checkpoint folder.
-TOK_RUN is a HYDRA-TOK run whose pixel flow decoder turns latents into pixels. CPU, one process.
+TOK_RUN is a HYDRA-TOK run folder (config.yaml + tokenizer.pt) whose pixel flow decoder turns
+latents into pixels. CPU, one process.
 """
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ def load_run(path: str, build):
         raise RuntimeError(f"{step_dir}: checkpoint does not fit the model: missing {wanted[:5]}, "
                            f"unexpected {unexpected[:5]}")
     return cfg, model.eval()
+
+
+def load_decoder_model(tok_run: str):
+    """HYDRA-TOK (for its pixel decoder) from a tokenizer run folder: config.yaml + tokenizer.pt."""
+    from hydra_dist.config import load_config
+    from hydra_dist.models.tokenizer.model import HydraTok
+    from hydra_dist.models.tokenizer.weights import load_tokenizer as load_tok_weights
+    run = Path(tok_run)
+    cfg = load_config(run / "config.yaml")
+    model = HydraTok(cfg)
+    load_tok_weights(model, str(run / "tokenizer.pt"), strict=False)
+    return model.eval()
 
 
 def save_png(img_3HW, path: Path) -> None:
@@ -74,8 +87,7 @@ def main(argv=None) -> int:
                                   args.temperature, args.seed))
             return 0
         from hydra_dist.models.tokenizer.decoder import euler_sample
-        from hydra_dist.models.tokenizer.model import HydraTok
-        _, tok_model = load_run(args.decoder, HydraTok)
+        tok_model = load_decoder_model(args.decoder)
         mu = sampling.generate_latent(model, tok, args.prompt, args.steps, args.cfg_scale, args.seed)
         size = cfg.model.vit.image_size
         noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))

@@ -89,6 +89,8 @@ class ModelConfig:
     attention: Literal["auto", "flash", "emulated", "reference"] = "auto"
     # Initial weights for a fresh run: hydra-import-hf file, export or HF Qwen2 folder (docs/export.md).
     init_from: str = ""
+    # A HYDRA-TOK tokenizer.pt (or its run folder): patch, Gen-ViT, GSB and Sem-ViT start from it.
+    tokenizer_from: str = ""
 
 
 @dataclass

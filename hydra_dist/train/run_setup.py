@@ -94,6 +94,9 @@ def build_model(cfg: RunConfig, layout: Layout):
     model = HydraModel(cfg.model)
     from hydra_dist.checkpoint.init_weights import load_initial_weights
     load_initial_weights(model, cfg)   # no-op when model.init_from == ""; before ZeRO partitions
+    if cfg.model.tokenizer_from:
+        from hydra_dist.checkpoint.init_tokenizer import load_tokenizer_parts
+        load_tokenizer_parts(model, cfg.model.tokenizer_from)
     model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
