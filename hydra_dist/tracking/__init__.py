@@ -1,4 +1,6 @@
 """Experiment tracking: MLflow on the rank that holds the loss, nothing elsewhere."""
-from .mlflow_tracker import MLflowTracker, NullTracker, flatten, resolve_uri
+from .mlflow_tracker import MLflowTracker, NullTracker, default_spool_dir, resolve_uri
+from .redact import flatten, redact
 
-__all__ = ["MLflowTracker", "NullTracker", "flatten", "resolve_uri"]
+__all__ = ["MLflowTracker", "NullTracker", "default_spool_dir", "flatten", "redact",
+           "resolve_uri"]
