@@ -68,7 +68,9 @@ def make_tracker(cfg: RunConfig, run_dir: Path, layout: Layout, run_id):
     name = cfg.tracking.run_name or cfg.name
     if os.environ.get("SLURM_JOB_ID"):
         name = f"{name}-{os.environ['SLURM_JOB_ID']}"
-    tracker = MLflowTracker(uri, cfg.tracking.experiment, name, run_id)
+    # Records the server could not take wait in the run folder (sent when it is back).
+    tracker = MLflowTracker(uri, cfg.tracking.experiment, name, run_id,
+                            spool_dir=str(run_dir / "mlflow_spool"))
     log.info("MLflow run %s at %s", tracker.run_id, uri)
     return tracker
 

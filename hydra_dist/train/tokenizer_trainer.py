@@ -228,6 +228,8 @@ def _train(cfg: RunConfig, layout) -> dict:
         if layout.rank == 0:
             (run_dir / "eval.json").write_text(json.dumps(evals, indent=1))
             (run_dir / FINISHED_MARKER).write_text(f"{step}\n")
+    if layout.holds_loss and (run_dir / "metrics.jsonl").is_file():
+        tracker.log_loss_curve(str(run_dir / "metrics.jsonl"))
     tracker.finish("FINISHED" if finished or stop_at < cfg.train.steps else "KILLED")
     return {"step": step, "history": history, "run_dir": str(run_dir), "finished": finished,
             "stopped_by": stopped_by, "mlflow_run_id": tracker.run_id, "eval": evals}

@@ -143,6 +143,8 @@ def _train(cfg: RunConfig, layout) -> dict:
     finished = step >= cfg.train.steps
     if finished and layout.rank == 0:
         (run_dir / FINISHED_MARKER).write_text(f"{step}\n")
+    if layout.holds_loss and metrics_file.is_file():
+        tracker.log_loss_curve(str(metrics_file))
     tracker.finish("FINISHED" if finished or stop_at < cfg.train.steps else "KILLED")
     return {"step": step, "history": history, "run_dir": str(run_dir), "finished": finished,
             "stopped_by": stopped_by, "mlflow_run_id": tracker.run_id}
