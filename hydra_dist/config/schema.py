@@ -206,6 +206,9 @@ class TrainConfig:
     log_every: int = 1
     # Save and exit at this step though train.steps is larger (0 = off): time-sliced jobs, tests.
     stop_at_step: int = 0
+    # Generated-sample grids to MLflow every N steps and at the end (needs model.tokenizer_from
+    # for the pixel decoder; 0 = off).
+    eval_every: int = 100
     # A step whose loss is NaN/Inf on any rank is skipped; this many in a row save and stop.
     max_skipped_in_row: int = 5
     # Fault injection for tests: these steps (1-based) get a NaN loss.

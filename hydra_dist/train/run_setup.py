@@ -23,7 +23,10 @@ def visual_tokens_per_image(cfg: RunConfig) -> int:
 
 
 def prepare_data(cfg: RunConfig, run_dir: Path, layout: Layout) -> str:
-    """The MDS path to read; generates the synthetic set once (rank 0) when none is given."""
+    """The MDS path to read; generates the synthetic set once (rank 0) when neither data.path
+    nor data.sources is given ("" when the sources define the data)."""
+    if cfg.data.sources:
+        return ""
     if cfg.data.path:
         if "://" not in cfg.data.path and not (Path(cfg.data.path) / "index.json").is_file():
             raise FileNotFoundError(f"data.path: {cfg.data.path} has no MDS index.json")
@@ -50,7 +53,8 @@ def build_loader(cfg: RunConfig, path: str, layout: Layout, state=None):
                             d.max_text_tokens, d.generation_fraction, d.seed,
                             pack_tokens=d.pack_tokens, cfg_dropout=d.cfg_dropout)
     return StreamingBatches(path, collate, cfg.parallel.micro_batch_size, layout.dp,
-                            layout.tp * layout.pp, d.shuffle, d.seed, d.num_workers, state)
+                            layout.tp * layout.pp, d.shuffle, d.seed, d.num_workers, state,
+                            sources=d.sources, cache_dir=d.cache_dir, epoch_size=d.epoch_size)
 
 
 def git_commit() -> str:

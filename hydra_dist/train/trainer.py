@@ -85,6 +85,12 @@ def _train(cfg: RunConfig, layout) -> dict:
     preempt = PreemptionFlag()
     stopped_by = None
     skipped, skipped_in_row = state.get("skipped_steps", 0), 0
+    grid = None
+    if cfg.model.tokenizer_from and cfg.train.eval_every:
+        from hydra_dist.data.tokenizer import load_tokenizer
+
+        from .evaluation import SampleGrid
+        grid = SampleGrid(cfg, load_tokenizer(cfg.data.tokenizer))
     while step < min(cfg.train.steps, stop_at):
         t0 = time.perf_counter()
         Phase.set("data loading")
@@ -115,6 +121,9 @@ def _train(cfg: RunConfig, layout) -> dict:
              "step_time_s": dt, "consumed_samples": state["consumed_samples"],
              "skipped_steps": skipped,
              "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+        errors = loader.error_counts(all_ranks=True)  # a collective: every rank, every step
+        m["data_errors"] = sum(errors.values())
+        m.update({f"data_errors/{k}": v for k, v in errors.items() if v})
         for i, g in enumerate(engine.optimizer.param_groups):
             m[f"lr/{g.get('name', i)}"] = g["lr"]
         history.append(m)
@@ -125,6 +134,11 @@ def _train(cfg: RunConfig, layout) -> dict:
             log.info("step %d/%d loss %.4f ntp %.4f fm %.4f gnorm %.3f %.1f samples/s",
                      step, cfg.train.steps, m["loss"], m["ntp_loss"], m["fm_loss"],
                      m["grad_norm"], m["samples_per_s"])
+        if grid is not None and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+            Phase.set("sample grid")
+            imgs = grid.images(engine.module)
+            if layout.holds_loss:
+                tracker.log_image_grid(imgs, "generated", step)
         if preempt.agreed():
             stopped_by = preempt.raised or "peer rank signal"
         if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at) or stopped_by:
