@@ -204,6 +204,8 @@ class TrainConfig:
     steps: int = 200
     seed: int = 42
     log_every: int = 1
+    # Peak TFLOPs per device for the logged MFU (0: H100/H200 table on GPU, measured on CPU).
+    peak_tflops: float = 0.0
     # Save and exit at this step though train.steps is larger (0 = off): time-sliced jobs, tests.
     stop_at_step: int = 0
     # Generated-sample grids to MLflow every N steps and at the end (needs model.tokenizer_from

@@ -1,0 +1,1 @@
+"""Performance accounting: FLOPs per micro-batch, MFU against a peak, memory planning."""
