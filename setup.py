@@ -93,6 +93,7 @@ setup(
         "hydra-export-hf=hydra_dist.cli.export_hf:main",
         "hydra-eval-recon=hydra_dist.cli.eval_recon:main",
         "hydra-prepare-data=hydra_dist.cli.prepare_data:main",
+        "hydra-plan=hydra_dist.cli.plan:main",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

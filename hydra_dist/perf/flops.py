@@ -106,12 +106,20 @@ def unified_flops(cfg, batch: dict, attention: str = "layout") -> FlopsReport:
     """Forward and backward FLOPs of HydraModel.forward + backward on one micro-batch.
     cfg: RunConfig or ModelConfig. batch: the collator's dict (only shapes and the layout
     tensors segment_ids / image_ids are read)."""
+    R, S = (int(x) for x in batch["input_ids"].shape)
+    if attention == "dense":
+        pairs = float(R * S * S)
+    else:
+        pairs = attention_pairs(batch["segment_ids"], batch["image_ids"])
+    return unified_flops_of_shape(cfg, int(batch["images"].shape[0]), R, S, pairs)
+
+
+def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsReport:
+    """unified_flops from the shape alone: I images, R rows of S tokens, `pairs` attention pairs."""
     m = getattr(cfg, "model", cfg)
     v, g, c, h = m.vit, m.gsb, m.llm, m.head
     frozen = set(m.freeze)
     tr = {p: p not in frozen for p in ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head")}
-    I = int(batch["images"].shape[0])
-    R, S = (int(x) for x in batch["input_ids"].shape)
     grid = v.image_size // v.patch_size
     N, D, C = grid * grid, v.hidden_size, g.latent_channels
     M = (grid // h.merge) ** 2
@@ -138,10 +146,6 @@ def unified_flops(cfg, batch: dict, attention: str = "layout") -> FlopsReport:
     rep.add("projector", proj, _bwd(proj, tr["projector"], live))
     live = live or tr["projector"]
     T = R * S
-    if attention == "dense":
-        pairs = float(R * S * S)
-    else:
-        pairs = attention_pairs(batch["segment_ids"], batch["image_ids"])
     llm = c.num_layers * (llm_layer_linear_fwd(c, T) + llm_attention_fwd(c, pairs))
     # embeddings are a lookup (no FLOPs), and with an LLM that trains they make the input live
     rep.add("llm", llm, _bwd(llm, tr["llm"], live or tr["llm"]))
