@@ -17,8 +17,26 @@ from hydra_dist.ops.attention import make_mask, resolve_attention
 from .gsb import GSB
 from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
-from .llm import QwenLM, ntp_loss
+from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
 from .vit import PatchEmbed, ViTStack
+
+
+def init_base_seed() -> int:
+    return int(torch.randint(0, 2 ** 62, (1,)).item())
+
+
+def build_vision(mp, cfg: ModelConfig):
+    """(patch, gen_vit, gsb, sem_vit, projector) in this order (the order fixes their weights)."""
+    v, std = cfg.vit, cfg.init_std
+    depth = v.gen_layers + v.sem_layers
+    return (PatchEmbed(v, std), ViTStack(mp, v, v.gen_layers, std, depth), GSB(cfg.gsb, v.hidden_size),
+            ViTStack(mp, v, v.sem_layers, std, depth),
+            Projector(mp, v.hidden_size, cfg.llm.hidden_size, cfg.head.merge, std))
+
+
+def build_flow_head(cfg: ModelConfig) -> FlowHead:
+    return FlowHead(cfg.llm.hidden_size, cfg.head.merge ** 2 * cfg.gsb.latent_channels,
+                    cfg.head.flow_head_layers, cfg.head.flow_head_hidden, cfg.head.time_embed_dim)
 
 
 class HydraModel(nn.Module):
@@ -26,18 +44,15 @@ class HydraModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         mp = mp_config()
-        v, std = cfg.vit, cfg.init_std
-        depth = v.gen_layers + v.sem_layers
-        self.patch = PatchEmbed(v, std)
-        self.gen_vit = ViTStack(mp, v, v.gen_layers, std, depth)
-        self.gsb = GSB(cfg.gsb, v.hidden_size)
-        self.sem_vit = ViTStack(mp, v, v.sem_layers, std, depth)
-        self.projector = Projector(mp, v.hidden_size, cfg.llm.hidden_size, cfg.head.merge, std)
-        self.llm = QwenLM(mp, cfg.llm, std)
-        m2 = cfg.head.merge ** 2
-        self.flow_head = FlowHead(cfg.llm.hidden_size, m2 * cfg.gsb.latent_channels,
-                                  cfg.head.flow_head_layers, cfg.head.flow_head_hidden,
-                                  cfg.head.time_embed_dim)
+        std = cfg.init_std
+        # One draw from the caller's seeded generator, then a seed per piece (llm.seed_piece):
+        # pipeline stages that build only their pieces start from these same weights.
+        init_base = init_base_seed()
+        seed_piece(init_base, SEED_VISION)
+        self.patch, self.gen_vit, self.gsb, self.sem_vit, self.projector = build_vision(mp, cfg)
+        self.llm = QwenLM(mp, cfg.llm, std, init_base)
+        seed_piece(init_base, SEED_FLOW_HEAD)
+        self.flow_head = build_flow_head(cfg)
         self.apply_freeze(cfg.freeze)
         self.attn_path = resolve_attention(cfg.attention)
 

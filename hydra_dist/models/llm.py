@@ -26,15 +26,42 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_norm(x))
 
 
+# Initialisation seeds per piece: every piece of the model draws its initial weights from its
+# own seed (init_base, piece), so a pipeline stage that builds only some pieces
+# (models/pipeline_stage.py) gets exactly the weights the whole model would have.
+SEED_VISION, SEED_EMBED, SEED_LM_HEAD, SEED_FLOW_HEAD, SEED_LAYER0 = 0, 1, 2, 3, 16
+
+
+def seed_piece(init_base, piece: int) -> None:
+    """Reseed the global generator for one piece (no-op when init_base is None)."""
+    if init_base is not None:
+        torch.manual_seed((int(init_base) * 1_000_003 + piece) % (2 ** 62))
+
+
+def make_embed(mp, c: LLMConfig, std: float, init_base=None):
+    seed_piece(init_base, SEED_EMBED)
+    return tensor_parallel.VocabParallelEmbedding(c.vocab_size, c.hidden_size,
+                                                  init_method=normal_init(std), config=mp)
+
+
+def make_layer(mp, c: LLMConfig, std: float, index: int, init_base=None):
+    seed_piece(init_base, SEED_LAYER0 + index)
+    return DecoderLayer(mp, c, std)
+
+
+def make_lm_head(mp, c: LLMConfig, std: float, init_base=None):
+    seed_piece(init_base, SEED_LM_HEAD)
+    return None if c.tie_word_embeddings else col_linear(mp, c.hidden_size, c.vocab_size, std, False)
+
+
 class QwenLM(nn.Module):
-    def __init__(self, mp, c: LLMConfig, std: float):
+    def __init__(self, mp, c: LLMConfig, std: float, init_base=None):
         super().__init__()
         self.cfg = c
-        self.embed = tensor_parallel.VocabParallelEmbedding(
-            c.vocab_size, c.hidden_size, init_method=normal_init(std), config=mp)
-        self.layers = nn.ModuleList(DecoderLayer(mp, c, std) for _ in range(c.num_layers))
+        self.embed = make_embed(mp, c, std, init_base)
+        self.layers = nn.ModuleList(make_layer(mp, c, std, i, init_base) for i in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.lm_head = None if c.tie_word_embeddings else col_linear(mp, c.hidden_size, c.vocab_size, std, False)
+        self.lm_head = make_lm_head(mp, c, std, init_base)
         self.checkpointing = False
 
     def embed_tokens(self, input_ids_BS):

@@ -1,0 +1,252 @@
+"""megatron-core engine: DP x TP x PP with megatron's pipeline schedules.
+
+Each rank builds only its pipeline chunks (models/pipeline_stage.py): one chunk for 1F1B,
+`parallel.virtual_pp` chunks for the interleaved schedule. A step runs
+`get_forward_backward_func()` (no-pipelining / 1F1B / interleaved) over the step's micro-batches,
+then all-reduces gradients over the DP group, clips by the global norm over every stage and
+TP shard, and steps a torch AdamW per stage.
+
+Optimizer: on CPU megatron's optimizer and grad clipping assume CUDA (ENVIRONMENT.md), so the
+engine keeps its own (torch AdamW, DP all-reduce, global-norm clipping), and it uses the same on
+GPU for now: megatron DDP + DistributedOptimizer is not wired yet (logged at start-up).
+
+Loss normalisation: the trainer's ntp_den / fm_den are global counts / (dp * grad_accum);
+megatron divides each micro-batch loss by num_microbatches and we average gradients over DP,
+so the step's gradient is that of the exact global per-token / per-image mean (as DeepSpeed's).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from hydra_dist.config.schema import RunConfig
+from hydra_dist.models.hydra import init_base_seed
+from hydra_dist.models.layers import mp_config
+from hydra_dist.models.pipeline_stage import HydraStage, pad_rows, payload_rows
+from hydra_dist.parallel.deepspeed_engine import lr_lambda, param_groups
+
+log = logging.getLogger("hydra_dist")
+
+
+def schedule_config(cfg: RunConfig):
+    # A TransformerConfig only because the schedules read some of its fields; our layers are
+    # built from models/layers.py's config, not from this one.
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    p, llm = cfg.parallel, cfg.model.llm
+    return TransformerConfig(
+        num_layers=llm.num_layers, hidden_size=llm.hidden_size, num_attention_heads=llm.num_heads,
+        tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
+        virtual_pipeline_model_parallel_size=p.virtual_pp if p.virtual_pp > 1 else None,
+        pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
+        # unbatched p2p: batch_isend_irecv + cuda.synchronize buys nothing on gloo
+        batch_p2p_comm=False, overlap_p2p_comm=False)
+
+
+class _Chunks(torch.nn.Module):
+    """This rank's chunks as one module: named_parameters() gives HydraModel's names."""
+
+    def __init__(self, chunks):
+        super().__init__()
+        self.chunks = torch.nn.ModuleList(chunks)
+
+    def part_modules(self) -> dict:
+        parts: dict = {}
+        for c in self.chunks:
+            for k, mods in c.part_modules().items():
+                parts.setdefault(k, []).extend(mods)
+        return parts
+
+    def flat_state_dict(self) -> dict:
+        out = {}
+        for c in self.chunks:
+            out.update(c.state_dict())
+        return out
+
+
+class MegatronEngine:
+    checkpoint_engine = None  # CheckpointManager asks DeepSpeed engines for theirs
+
+    def __init__(self, cfg: RunConfig, layout, chunks, device):
+        self.cfg, self.layout, self.device = cfg, layout, device
+        self.model = _Chunks(chunks)
+        o = cfg.train.optim
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=o.lr,
+                                           betas=tuple(o.betas), eps=o.eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.grad_norm = 0.0
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def module(self):
+        return self.model.chunks[0] if len(self.model.chunks) == 1 else self.model
+
+    # --- one step -----------------------------------------------------------------------
+    def train_step(self, batches, noise_seed: int, ntp_den: float, fm_den: float,
+                   nan_from_micro=None) -> dict:
+        """Forward/backward over the micro-batches and the optimizer step. Returns the summed
+        (over micro-batches, this DP rank) loss terms, valid on every rank, and grad_norm."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+        p = self.cfg.parallel
+        rows = p.micro_batch_size
+        batches = [pad_rows(b, rows) for b in batches]
+        S = batches[0]["input_ids"].shape[1]
+        if any(b["input_ids"].shape[1] != S for b in batches):
+            raise ValueError("micro-batches of one step differ in length: the pipeline needs "
+                             "fixed shapes (data.pack_tokens=0)")
+        for prm in self.params:
+            prm.grad = None
+        counter = {"micro": 0}
+
+        def loss_func(out):
+            loss = out["loss"]
+            if nan_from_micro is not None and counter["micro"] >= nan_from_micro:
+                loss = loss * float("nan")  # fault-injection tests only
+            counter["micro"] += 1
+            return loss, {"loss": loss.detach().clone(), "ntp": out["ntp"], "fm": out["fm"]}
+
+        def forward_step(data_iterator, model):
+            return model(next(data_iterator), noise_seed, ntp_den, fm_den), loss_func
+
+        fb = get_forward_backward_func(pp_size=p.pp, vp_size=p.virtual_pp if p.virtual_pp > 1 else None)
+        chunks = list(self.model.chunks)
+        stored = fb(forward_step_func=forward_step,
+                    data_iterator=[iter(batches) for _ in chunks] if len(chunks) > 1 else iter(batches),
+                    model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=len(batches),
+                    seq_length=S + payload_rows(self.cfg.model), micro_batch_size=rows,
+                    forward_only=False)
+        acc = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for d in stored or []:
+            acc += torch.stack([d["loss"], d["ntp"], d["fm"]]).double()
+        if p.pp > 1:  # the last stage holds the losses: give them to every stage
+            dist.all_reduce(acc, group=ps.get_pipeline_model_parallel_group())
+        dist.all_reduce(acc, group=ps.get_data_parallel_group())
+        acc = acc.cpu()
+        if not torch.isfinite(acc).all():  # identical on every rank: all skip together
+            for prm in self.params:
+                prm.grad = None
+            return {"acc": torch.full((3,), float("nan"), dtype=torch.float64), "skipped": True}
+        self._reduce_grads()
+        self.grad_norm = self._clip(self.cfg.train.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm}
+
+    def _reduce_grads(self) -> None:
+        """Average gradients over DP (one flat buffer: one collective per step)."""
+        for prm in self.params:
+            if prm.grad is None:  # same buffer layout on every DP rank
+                prm.grad = torch.zeros_like(prm)
+        dp = ps.get_data_parallel_world_size()
+        if dp == 1 or not self.params:
+            return
+        grads = [prm.grad for prm in self.params]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=ps.get_data_parallel_group())
+        flat /= dp
+        for g, new in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(new)
+
+    def _clip(self, max_norm: float) -> float:
+        """Global L2 norm over every stage and TP shard (replicated tensors counted once), then
+        torch.nn.utils.clip_grad_norm_'s scaling."""
+        tp_rank = ps.get_tensor_model_parallel_rank()
+        sq = torch.zeros(1, dtype=torch.float32, device=self.device)
+        for prm in self.params:
+            if getattr(prm, "tensor_model_parallel", False) or tp_rank == 0:
+                sq += prm.grad.float().pow(2).sum()
+        dist.all_reduce(sq, group=ps.get_model_parallel_group())
+        norm = sq.sqrt().item()
+        if max_norm and max_norm > 0:
+            coef = min(max_norm / (norm + 1e-6), 1.0)
+            for prm in self.params:
+                prm.grad.mul_(coef)
+        return norm
+
+    def get_global_grad_norm(self) -> float:
+        return self.grad_norm
+
+    # --- checkpoints (the DeepSpeed-engine interface CheckpointManager calls) -------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.flat_state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, sd: dict) -> None:
+        own = self.model.flat_state_dict()
+        missing = sorted(set(own) - set(sd["model"]))
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} tensors of this stage: {missing[:5]}")
+        with torch.no_grad():
+            for k, t in own.items():
+                t.copy_(sd["model"][k])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.scheduler.load_state_dict(sd["scheduler"])
+
+    def _files(self, folder: Path):
+        pp, tp = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
+        return (folder / f"model_pp{pp:02d}_tp{tp:02d}.safetensors",
+                folder / f"optim_pp{pp:02d}_tp{tp:02d}.pt")
+
+    def save_checkpoint(self, root: str, tag: str, save_latest: bool = False) -> None:
+        """Weights as safetensors per (pp, tp) rank, optimizer state beside them; DP replicas
+        are identical, so DP rank 0 writes."""
+        from safetensors.torch import save_file
+        folder = Path(root) / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        if ps.get_data_parallel_rank() == 0:
+            sd = self.state_dict()
+            model_f, optim_f = self._files(folder)
+            save_file({k: v.detach().contiguous() for k, v in sd["model"].items()}, str(model_f),
+                      metadata={"layout": json.dumps({"tp": self.layout.tp, "pp": self.layout.pp,
+                                                      "virtual_pp": self.cfg.parallel.virtual_pp})})
+            torch.save({"optimizer": sd["optimizer"], "scheduler": sd["scheduler"]}, optim_f)
+
+    def load_checkpoint(self, root: str, tag: str):
+        from safetensors.torch import load_file
+        folder = Path(root) / tag
+        model_f, optim_f = self._files(folder)
+        if not model_f.is_file():
+            return None, None
+        rest = torch.load(optim_f, map_location="cpu", weights_only=True)
+        self.load_state_dict({"model": load_file(str(model_f)), **rest})
+        return str(folder), {}
+
+
+def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
+    """This rank's chunks, seeded exactly like HydraModel after torch.manual_seed(train.seed)."""
+    p, m = cfg.parallel, cfg.model
+    if m.init_from or m.tokenizer_from:
+        raise ValueError("model.init_from / model.tokenizer_from are not supported by the "
+                         "megatron engine yet (use parallel.engine=deepspeed)")
+    device = torch.device("cuda", layout.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed)
+    init_base = init_base_seed()
+    sched = schedule_config(cfg)
+    mp = mp_config()
+    n = p.pp * p.virtual_pp
+    chunks = [HydraStage(m, mp, v * p.pp + layout.pp_rank, n, init_base, sched, vp_stage=v)
+              for v in range(p.virtual_pp)]
+    for c in chunks:
+        c.checkpointing = p.activation_checkpointing
+        c.to(device)
+    engine = MegatronEngine(cfg, layout, chunks, device)
+    n_all = sum(x.numel() for x in engine.model.parameters())
+    log.info("megatron engine: pp rank %d holds chunks %s (%.2fM parameters); %s schedule; "
+             "optimizer: torch AdamW per stage, DP all-reduce, global-norm clipping "
+             "(megatron DDP / DistributedOptimizer not used)", layout.pp_rank,
+             [c.chunk for c in chunks], n_all / 1e6,
+             "no-pipelining" if p.pp == 1 else ("interleaved" if p.virtual_pp > 1 else "1F1B"))
+    return engine
+
+
+def megatron_step(engine: MegatronEngine, batches, to_device, noise_seed: int, ntp_den: float,
+                  fm_den: float, dp_group=None, samples_per_micro: int = 0,
+                  inject_nan: bool = False) -> dict:
+    """train/step.py's deepspeed_step for this engine (same arguments, same result)."""
+    from hydra_dist.train.faults import nan_micro
+    return engine.train_step([to_device(b) for b in batches], noise_seed, ntp_den, fm_den,
+                             nan_micro() if inject_nan else None)
