@@ -7,8 +7,8 @@ Time model (per micro-batch, per GPU), all constants in `Hardware` and printed b
   tp comm   = 4 all-reduces of the layer's activations per LLM / ViT layer (2 fwd, 2 bwd; +2
               when recomputing), ring cost 2 (tp-1)/tp * bytes / NVLink bandwidth; not overlapped
   dp comm   = ZeRO-3: all-gather of the parameters in forward and backward + reduce-scatter of
-              gradients, every micro-batch; ZeRO 0-2: gradient all-reduce (+ parameter
-              all-gather for 1-2) once per step; NVLink inside a node, InfiniBand across nodes;
+              gradients, every micro-batch; ZeRO 0-2: gradient all-reduce (or reduce-scatter +
+              all-gather of the updated shards: the same bytes) once per step; NVLink inside a node, InfiniBand across nodes;
               overlapped with compute up to `overlap` of the compute time
   pipeline  = bubble (pp - 1) / grad_accum (1F1B)
 Memory per GPU = model state (memory.model_state_bytes) + activations (memory.activation_bytes)
@@ -17,6 +17,7 @@ Memory per GPU = model state (memory.model_state_bytes) + activations (memory.ac
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 from .flops import unified_flops_of_shape
@@ -111,7 +112,8 @@ def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: in
         dp_step = 0.0
     else:
         dp_micro = 0.0
-        dp_step = (2 * train_p + (train_p if zero in (1, 2) else 0.0)) * frac / bw
+        # all-reduce (ZeRO-0) or reduce-scatter + all-gather of the updated shards (1, 2): same bytes
+        dp_step = 2 * train_p * frac / bw
     micro = compute + tp_comm + max(0.0, dp_micro - hw.overlap * compute)
     step = ga * micro * (1 + (pp - 1) / ga) + max(0.0, dp_step - hw.overlap * compute)
     mfu = ga * flops / (tp * pp) / (step * peak)
@@ -144,5 +146,6 @@ def search(cfg, hw: Hardware, nodes: int, gpn: int, margin: float = 0.1):
 
     def key(p: Plan):
         fits = p.total_gb <= limit
-        return (not fits, bool(p.runnable), -p.tokens_per_s)
+        # throughput ties (within 0.5%) go to the layout that needs less memory
+        return (not fits, bool(p.runnable), -round(math.log(p.tokens_per_s) / math.log(1.005)), p.total_gb)
     return sorted(plans, key=key), limit
