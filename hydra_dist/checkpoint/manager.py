@@ -70,6 +70,22 @@ def verify(folder: Path) -> Optional[str]:
     return None
 
 
+def _safe_torch_load(path: str, map_location=None):
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def use_safe_loader(engine) -> None:
+    """DeepSpeed 0.19's TorchCheckpointEngine.load calls torch.load(weights_only=False), which
+    runs whatever code a crafted .pt file carries. Give the engine a loader that unpickles only
+    tensors, containers and the DeepSpeed classes its ZeRO optimizer states hold."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    if type(engine.checkpoint_engine) is TorchCheckpointEngine:
+        engine.checkpoint_engine.load = _safe_torch_load
+
+
 class CheckpointManager:
     def __init__(self, root: Path, keep_last: int, rank: int):
         self.root, self.keep_last, self.rank = Path(root), keep_last, rank
@@ -92,9 +108,23 @@ class CheckpointManager:
         tmp = self.root / tmp_tag
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            for stale in self.root.glob(".tmp-step*"):  # this one, and any a crashed save left
+                shutil.rmtree(stale, ignore_errors=True)
         _barrier()
-        engine.save_checkpoint(str(self.root), tag=tmp_tag, save_latest=False)
+        try:
+            self._write(engine, step, tag, tmp, trainer_state, extra)
+        except OSError as e:  # disk full, read-only, quota: say where, and what is still safe
+            prev = (self.root / "latest").read_text().strip() if (self.root / "latest").is_file() else None
+            raise OSError(e.errno, f"checkpoint save of step {step} into {tmp} failed on rank "
+                          f"{self.rank}: {e.strerror or e}; the latest complete "
+                          f"checkpoint is still {self.root / prev if prev else 'none'}") from e
+        _barrier()
+        return tag
+
+    def _write(self, engine, step, tag, tmp, trainer_state, extra) -> None:
+        engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
+        from hydra_dist.train.faults import in_checkpoint_save
+        in_checkpoint_save(step, self.rank, tmp)  # HYDRA_FAULT: reliability tests only
         (tmp / "rank_state").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rank_state" / f"rank{self.rank}.pt")
         _barrier()
@@ -110,8 +140,6 @@ class CheckpointManager:
             latest_tmp.write_text(tag)
             latest_tmp.replace(self.root / "latest")
             self._prune(keep=tag)
-        _barrier()
-        return tag
 
     def _prune(self, keep: str) -> None:
         tags = sorted(p.name for p in self.root.glob("step*") if p.is_dir())
@@ -121,6 +149,7 @@ class CheckpointManager:
 
     def load(self, engine, tag: str) -> Dict[str, Any]:
         folder = self.root / tag
+        use_safe_loader(engine)
         load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)
         if load_path is None:
             raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint to load")

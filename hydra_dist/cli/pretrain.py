@@ -37,17 +37,24 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from hydra_dist.config import ConfigError, load_config, to_dict
     if args.nproc_per_node and "RANK" not in os.environ:
+        try:  # a bad config fails here, once, before torchrun starts any process
+            load_config(args.config, args.overrides, world_size=args.nproc_per_node,
+                        check_files=not args.print_config)
+        except ConfigError as e:
+            print(f"config error:\n{e}", file=sys.stderr)
+            return 2
         from torch.distributed.run import main as torchrun
         rest = ([args.config] if args.config else []) + args.overrides
         if args.print_config:
             rest.append("--print-config")
         torchrun(["--nproc_per_node", str(args.nproc_per_node), "-m", "hydra_dist.cli.pretrain", *rest])
         return 0
-    from hydra_dist.config import ConfigError, load_config, to_dict
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     try:
-        cfg = load_config(args.config, args.overrides, world_size=world)
+        cfg = load_config(args.config, args.overrides, world_size=world,
+                          check_files=not args.print_config)
     except ConfigError as e:  # before any process group starts
         print(f"config error:\n{e}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from .schema import RunConfig, check_layout, check_values
+from .schema import RunConfig, check_layout, check_paths, check_values
 
 CMDLINE = "command line"
 DEFAULTS_KEY = "defaults"
@@ -187,13 +187,15 @@ def build(cls: type, raw: Dict[str, Any], origin: Dict[str, str], prefix: str = 
 
 
 def load_config(path: str | Path | None = None, overrides: List[str] | None = None,
-                world_size: int | None = None) -> RunConfig:
-    """Load, compose, override, type-check and value-check a run config."""
+                world_size: int | None = None, check_files: bool = False) -> RunConfig:
+    """Load, compose, override, type-check and value-check a run config (check_files: also
+    require local data folders to exist, see schema.check_paths)."""
     origin: Dict[str, str] = {}
     raw = load_raw(resolve_path(path), origin) if path else {}
     apply_overrides(raw, overrides or [], origin)
     cfg = build(RunConfig, raw, origin)
     errs = check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
+    errs += check_paths(cfg) if check_files else []
     if errs:
         raise ConfigError("\n".join(f"{_where(origin, k)}: {k}: {why}" for k, why in errs))
     return cfg

@@ -64,7 +64,7 @@ def init_distributed(tp: int, pp: int, timeout_s: int, backend: str = "auto") ->
     from megatron.core import parallel_state as ps
     if not ps.model_parallel_is_initialized():
         ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                     distributed_timeout_minutes=max(1, timeout_s // 60))
+                                     distributed_timeout_minutes=timeout_s / 60)  # megatron's groups: same timeout
     return Layout(rank=rank, world=world, local_rank=local_rank, tp=tp, pp=pp,
                   dp=ps.get_data_parallel_world_size(),
                   tp_rank=ps.get_tensor_model_parallel_rank(),

@@ -7,6 +7,8 @@ import logging
 import torch
 import torch.distributed as dist
 
+from .faults import nan_micro
+
 log = logging.getLogger("hydra_dist")
 
 
@@ -58,7 +60,7 @@ def deepspeed_step(engine, batches, to_device, noise_seed: int, ntp_den: float, 
     for micro, batch in enumerate(batches):
         Phase.set(f"forward of micro-batch {micro}")
         out = engine(to_device(batch), noise_seed=noise_seed, ntp_den=ntp_den, fm_den=fm_den)
-        loss = out["loss"] * float("nan") if inject_nan else out["loss"]
+        loss = out["loss"] * float("nan") if inject_nan and micro >= nan_micro() else out["loss"]
         if not _all_finite(loss):
             _discard_accumulated(engine, micro, samples_per_micro)
             return {"acc": torch.full((3,), float("nan"), dtype=torch.float64), "skipped": True}

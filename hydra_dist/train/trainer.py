@@ -15,6 +15,7 @@ from hydra_dist.config import RunConfig, to_dict
 from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 
+from . import faults
 from .preemption import FINISHED_MARKER, PreemptionFlag
 from .step import Phase, deepspeed_step, loss_denominators
 from .run_setup import (build_loader, build_model, make_tracker, prepare_data, run_tags,
@@ -92,6 +93,7 @@ def _train(cfg: RunConfig, layout) -> dict:
         from .evaluation import SampleGrid
         grid = SampleGrid(cfg, load_tokenizer(cfg.data.tokenizer))
     while step < min(cfg.train.steps, stop_at):
+        faults.at_step_start(step + 1, layout.rank)  # HYDRA_FAULT: reliability tests only
         t0 = time.perf_counter()
         Phase.set("data loading")
         batches = [next(loader) for _ in range(ga)]

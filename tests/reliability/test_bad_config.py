@@ -1,0 +1,72 @@
+"""A bad configuration fails before any process group starts: exit status 2, a message naming
+the file (or "command line") and the key, within seconds, and no run folder."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch import REPO
+
+CLI = [sys.executable, "-m", "hydra_dist.cli.pretrain"]
+
+
+def _cli(args, out_dir, nproc=0):
+    t0 = time.monotonic()
+    extra = ["--nproc-per-node", str(nproc)] if nproc else []
+    res = subprocess.run(CLI + extra + args + [f"output_dir={out_dir}"], cwd=REPO, text=True,
+                         capture_output=True, timeout=120)
+    return res, time.monotonic() - t0
+
+
+CASES = {
+    "malformed_yaml": ("file", "train: {steps: 3\n", ["malformed YAML"]),
+    "unknown_key_file": ("file", "defaults: [tiny_cpu.yaml]\ntrain:\n  stepz: 3\n",
+                         ["train.stepz: unknown key"]),
+    "unknown_key_cmdline": ("args", ["configs/tiny_cpu.yaml", "train.stepz=3"],
+                            ["command line: train.stepz: unknown key"]),
+    "wrong_type": ("args", ["configs/tiny_cpu.yaml", "train.optim.lr=fast"],
+                   ["command line: train.optim.lr: expected float, got 'fast'"]),
+    "impossible_layout": ("args2", ["configs/tiny_cpu.yaml", "parallel.tp=3"],
+                          ["command line: parallel.tp: world size 2 is not divisible by tp*pp = 3*1"]),
+    "missing_data_path": ("args", ["configs/tiny_cpu.yaml", "data.path=/nonexistent"],
+                          ["command line: data.path: /nonexistent is not an MDS folder"]),
+    "missing_data_path_torchrun": ("args2", ["configs/tiny_cpu.yaml", "data.path=/nonexistent"],
+                                   ["command line: data.path: /nonexistent is not an MDS folder"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_exits_2_before_any_process_group(tmp_path, case):
+    kind, payload, expect = CASES[case]
+    if kind == "file":
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(payload.replace("tiny_cpu.yaml", str(REPO / "configs" / "tiny_cpu.yaml")))
+        args = [str(cfg)]
+        expect = [f"{cfg}: {e}" if "unknown key" in e else e for e in expect] + [str(cfg)]
+    else:
+        args = payload
+    out_dir = tmp_path / "run"
+    res, took = _cli(args, out_dir, nproc=2 if kind == "args2" else 0)
+    assert res.returncode == 2, res.stdout + res.stderr
+    for e in expect:
+        assert e in res.stderr, res.stderr
+    assert took < 10, took
+    assert not out_dir.exists()
+    assert "init_process_group" not in res.stderr and "rank0" not in res.stderr
+
+
+def test_yaml_python_tag_is_refused_and_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f'name: !!python/object/apply:os.system ["touch {marker}"]\n')
+    res, _ = _cli([str(cfg)], tmp_path / "run")
+    assert res.returncode == 2
+    assert f"{cfg}: malformed YAML" in res.stderr and "python/object/apply:os.system" in res.stderr
+    assert not marker.exists()
+
+
+def test_remote_data_uri_is_not_checked_locally():
+    from hydra_dist.config import load_config
+    cfg = load_config("tiny_cpu", ["data.path=s3://bucket/mds"], check_files=True)
+    assert cfg.data.path == "s3://bucket/mds"
