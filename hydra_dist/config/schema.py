@@ -96,9 +96,13 @@ class ModelConfig:
 
 @dataclass
 class ParallelConfig:
-    engine: Literal["deepspeed"] = "deepspeed"
+    # deepspeed: DP x TP with ZeRO 0-3; megatron: DP x TP x PP with megatron-core's pipeline
+    # schedules (docs/parallelism.md).
+    engine: Literal["deepspeed", "megatron"] = "deepspeed"
     tp: int = 1
     pp: int = 1
+    # Model chunks per pipeline rank (megatron engine): > 1 selects the interleaved schedule.
+    virtual_pp: int = 1
     zero_stage: int = 3
     micro_batch_size: int = 4
     grad_accum: int = 1
@@ -323,6 +327,7 @@ def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
     if p.engine == "deepspeed" and p.pp != 1:
         errs.append(("parallel.pp", "the deepspeed engine runs ZeRO over DP x TP only; "
                      "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism (use pp=1)"))
+    errs += _check_megatron_layout(cfg)
     llm = cfg.model.llm
     for key, n in (("model.llm.num_heads", llm.num_heads), ("model.llm.num_kv_heads", llm.num_kv_heads),
                    ("model.vit.num_heads", cfg.model.vit.num_heads)):
@@ -330,4 +335,43 @@ def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
             errs.append((key, f"{n} heads are not divisible by parallel.tp={p.tp}"))
     if llm.vocab_size % p.tp:
         errs.append(("model.llm.vocab_size", f"{llm.vocab_size} is not divisible by parallel.tp={p.tp}"))
+    return errs
+
+
+def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
+    """What the megatron engine's pipeline needs (docs/parallelism.md)."""
+    p, errs = cfg.parallel, []
+    if p.virtual_pp < 1:
+        errs.append(("parallel.virtual_pp", "must be >= 1"))
+    if p.engine != "megatron":
+        if p.virtual_pp != 1:
+            errs.append(("parallel.virtual_pp", "virtual pipeline stages need parallel.engine=megatron"))
+        return errs
+    if p.zero_stage != 0:
+        errs.append(("parallel.zero_stage", "the megatron engine does its own DP gradient "
+                     "all-reduce (no ZeRO); set parallel.zero_stage=0"))
+    chunks = p.pp * max(p.virtual_pp, 1)
+    if cfg.model.llm.num_layers % chunks:
+        errs.append(("model.llm.num_layers", f"{cfg.model.llm.num_layers} layers do not split "
+                     f"evenly into pp*virtual_pp = {chunks} pipeline chunks"))
+    if p.pp > 1:
+        # 1F1B keeps every stage busy only once pp micro-batches are in flight; fewer leave a
+        # stage idle for the whole step (and megatron's interleaved schedule refuses them).
+        if p.grad_accum < p.pp:
+            errs.append(("parallel.grad_accum", f"{p.grad_accum} micro-batches per step are fewer "
+                         f"than the {p.pp} pipeline stages; use grad_accum >= pp (4*pp or more "
+                         "keeps the pipeline bubble small)"))
+        if p.virtual_pp > 1 and p.grad_accum % p.pp:
+            errs.append(("parallel.grad_accum", f"the interleaved schedule needs grad_accum "
+                         f"divisible by pp={p.pp}"))
+        if cfg.data.pack_tokens:
+            errs.append(("data.pack_tokens", "pipeline stages exchange fixed-shape tensors: "
+                         "use data.pack_tokens=0 (one sample per row) with pp > 1"))
+        if cfg.model.llm.tie_word_embeddings:
+            errs.append(("model.llm.tie_word_embeddings", "tied embeddings would live on the "
+                         "first and the last stage; not supported with pp > 1"))
+    if p.virtual_pp > 1 and p.pp == 1:
+        errs.append(("parallel.virtual_pp", "virtual pipeline stages need parallel.pp > 1"))
+    if p.precision != "fp32":
+        errs.append(("parallel.precision", "the megatron engine runs fp32 only so far"))
     return errs
