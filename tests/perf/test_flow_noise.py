@@ -1,5 +1,5 @@
-"""HydraModel.flow_noise (the faster in-place version) draws exactly what a fresh generator per
-sample draws: resume and DP-split reproducibility depend on it."""
+"""HydraModel.flow_noise draws exactly what a fresh generator per sample draws (resume and DP-split
+reproducibility depend on it): the guard for any faster rewrite of its per-sample loop."""
 import pytest
 import torch
 
