@@ -88,3 +88,20 @@ def test_model_on_varlen_planner_equals_reference(model):
     assert out_fast["loss"].item() == pytest.approx(out_ref["loss"].item(), rel=1e-5)
     for n in g_ref:
         torch.testing.assert_close(g_fast[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_stage2_every_trainable_parameter_gets_a_gradient(single_process_mp):
+    from hydra_dist.models.hydra import HydraModel
+    cfg = load_config("configs/unified/tiny_stage2_pretrain.yaml")
+    torch.manual_seed(1)
+    m = HydraModel(cfg.model)
+    for p in m.flow_head.parameters():  # AdaLN-Zero's zero init would give exact-zero grads upstream
+        torch.nn.init.normal_(p, std=0.02)
+    out = m(collator(230)(samples(6)), noise_seed=3)
+    out["loss"].backward()
+    for n, p in m.named_parameters():
+        frozen = n.startswith(("patch.", "gen_vit.", "gsb."))
+        if frozen:
+            assert p.grad is None, n
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, n
