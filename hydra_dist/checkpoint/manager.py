@@ -1,7 +1,9 @@
 """Atomic, resumable training checkpoints.
 
 Layout under <run>/checkpoints:
-  step00000020/          DeepSpeed shards (every rank writes its own) +
+  step00000020/          DeepSpeed shards (every rank writes its own), or with the megatron
+                         engine model_ppXX_tpYY.safetensors + optim_ppXX_tpYY.pt per (pp, tp)
+                         rank (parallel/megatron_engine.py; same save/load_checkpoint calls) +
     trainer_state.json   step, consumed samples/tokens, data position, MLflow run id
     rank_state/rankN.pt  RNG states of rank N (tensors and plain lists: weights_only loadable)
     extra_state.pt       optional replicated state outside the engine (save(extra=...))

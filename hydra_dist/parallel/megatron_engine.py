@@ -63,8 +63,8 @@ class _Chunks(torch.nn.Module):
 
     def flat_state_dict(self) -> dict:
         out = {}
-        for c in self.chunks:
-            out.update(c.state_dict())
+        for c in self.chunks:  # tensors only (megatron layers add `_extra_state: None` entries)
+            out.update({k: v for k, v in c.state_dict().items() if isinstance(v, torch.Tensor)})
         return out
 
 

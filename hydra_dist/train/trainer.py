@@ -14,6 +14,7 @@ from hydra_dist.checkpoint import CheckpointManager
 from hydra_dist.config import RunConfig, to_dict
 from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+from hydra_dist.parallel.megatron_engine import build_megatron, megatron_step
 
 from . import faults
 from .preemption import FINISHED_MARKER, PreemptionFlag
@@ -56,7 +57,10 @@ def _train(cfg: RunConfig, layout) -> dict:
         write_resolved(cfg, run_dir)
     dist.barrier()
     data_path = prepare_data(cfg, run_dir, layout)
-    engine = build_deepspeed(build_model(cfg, layout), cfg)
+    if cfg.parallel.engine == "megatron":  # DP x TP x PP, megatron-core pipeline schedules
+        engine, engine_step = build_megatron(cfg, layout), megatron_step
+    else:                                   # DP x TP, ZeRO 0-3
+        engine, engine_step = build_deepspeed(build_model(cfg, layout), cfg), deepspeed_step
     device = engine.device
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, layout.rank)
     state = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "data": None,
@@ -99,9 +103,9 @@ def _train(cfg: RunConfig, layout) -> dict:
         batches = [next(loader) for _ in range(ga)]
         ntp_den, fm_den, counts = loss_denominators(batches, dp_group, layout.dp)
         inject = step + 1 in cfg.train.inject_nan_at_steps  # fault-injection tests only
-        res = deepspeed_step(engine, batches, lambda b: _to_device(b, device),
-                             _noise_seed(cfg.train.seed, step), ntp_den, fm_den, dp_group,
-                             cfg.parallel.micro_batch_size * layout.dp, inject)
+        res = engine_step(engine, batches, lambda b: _to_device(b, device),
+                          _noise_seed(cfg.train.seed, step), ntp_den, fm_den, dp_group,
+                          cfg.parallel.micro_batch_size * layout.dp, inject)
         acc = res["acc"]
         if res["skipped"]:
             skipped, skipped_in_row = skipped + 1, skipped_in_row + 1
