@@ -118,10 +118,14 @@ def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: in
     step = ga * micro * (1 + (pp - 1) / ga) + max(0.0, dp_step - hw.overlap * compute)
     mfu = ga * flops / (tp * pp) / (step * peak)
     tokens = dp * ga * shape.tokens / step
-    runnable = "" if pp == 1 or c.parallel.engine != "deepspeed" else \
-        "pp > 1 needs the megatron engine (DeepSpeed refuses ZeRO-2/3 with pp; not built yet)"
-    if pp > 1 and zero >= 2:
-        runnable = runnable or "ZeRO-2/3 with pp > 1"
+    runnable = ""
+    if pp > 1:   # the megatron engine: pp x tp x dp, its own DP all-reduce (no ZeRO), fp32 so far
+        if zero != 0:
+            runnable = "pp > 1 runs on parallel.engine=megatron, which has no ZeRO"
+        elif ga < pp or m.llm.tie_word_embeddings:
+            runnable = "megatron engine needs grad_accum >= pp and untied embeddings"
+        else:
+            runnable = "parallel.engine=megatron: fp32 only so far (this plan assumes bf16)"
     return Plan(tp, pp, dp, zero, ckpt, mem, step, mfu, tokens, runnable)
 
 
