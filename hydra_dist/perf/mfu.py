@@ -62,7 +62,8 @@ class MfuMeter:
         log.info("MFU against %.3g TFLOPs per device (%s)", self.peak, self.source)
 
     def metrics(self, batches, seconds: float) -> dict:
-        """tflops_per_s and mfu of this rank (its share of the model: 1/tp of each micro-batch)."""
+        """tflops_per_s and mfu of this rank: its share of each micro-batch is 1/(tp*pp) (the
+        caller passes tp * pp as `tp`)."""
         flops = sum(step_flops(self.cfg, b) for b in batches) / self.tp
         tflops = flops / max(seconds, 1e-12) / 1e12
         return {"tflops_per_s": tflops, "mfu": tflops / self.peak}

@@ -131,7 +131,7 @@ def _train(cfg: RunConfig, layout) -> dict:
         m["data_errors"] = sum(errors.values())
         m.update({f"data_errors/{k}": v for k, v in errors.items() if v})
         from hydra_dist.perf.mfu import mfu_metrics   # tflops_per_s, mfu (docs/performance.md)
-        m.update(mfu_metrics(cfg, batches, dt, layout.tp, device))
+        m.update(mfu_metrics(cfg, batches, dt, layout.tp * layout.pp, device))
         for i, g in enumerate(engine.optimizer.param_groups):
             m[f"lr/{g.get('name', i)}"] = g["lr"]
         history.append(m)
