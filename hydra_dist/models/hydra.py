@@ -22,7 +22,8 @@ from .vit import PatchEmbed, ViTStack
 
 
 def init_base_seed() -> int:
-    return int(torch.randint(0, 2 ** 62, (1,)).item())
+    # on the CPU generator even under `with torch.device("meta")` (shape-only builds)
+    return int(torch.randint(0, 2 ** 62, (1,), device="cpu").item())
 
 
 def build_vision(mp, cfg: ModelConfig):
