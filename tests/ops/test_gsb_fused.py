@@ -42,8 +42,9 @@ def test_reparam_kl_bf16_matches_reference(cpu_ext, shape):
     (o32, g32), _ = _reparam_both(proj.float(), ws, seed=1, offset=2)  # fp32 math, same inputs
     for a, b in zip(of, o32):
         assert a.dtype == torch.bfloat16
-        torch.testing.assert_close(a.float(), b, rtol=1.6e-2, atol=1e-2 * max(1.0, b.abs().max().item()))
-    torch.testing.assert_close(gf.float(), g32, rtol=1.6e-2, atol=2e-2)
+        torch.testing.assert_close(a.float(), b, rtol=3e-2, atol=1.6e-2 * max(1.0, b.abs().max().item()))
+    # bf16 gradients round the upstream products too: tolerance scales with the gradient size
+    torch.testing.assert_close(gf.float(), g32, rtol=3e-2, atol=2e-2 * max(1.0, g32.abs().max().item()))
 
 
 def test_reparam_kl_grads_with_unused_outputs(cpu_ext):
