@@ -88,8 +88,9 @@ class MegatronEngine:
     # --- one step -----------------------------------------------------------------------
     def train_step(self, batches, noise_seed: int, ntp_den: float, fm_den: float,
                    nan_from_micro=None) -> dict:
-        """Forward/backward over the micro-batches and the optimizer step. Returns the summed
-        (over micro-batches, this DP rank) loss terms, valid on every rank, and grad_norm."""
+        """Forward/backward over the micro-batches and the optimizer step. Returns, valid on
+        every rank: acc (loss terms summed over micro-batches and DP ranks, as train/step.py's
+        deepspeed_step), the step's mean loss / ntp / fm, grad_norm (before clipping), skipped."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
         p = self.cfg.parallel
         rows = p.micro_batch_size
@@ -134,7 +135,9 @@ class MegatronEngine:
         self.grad_norm = self._clip(self.cfg.train.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm}
+        mean = (acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()
+        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm,
+                "loss": mean[0], "ntp": mean[1], "fm": mean[2]}
 
     def _reduce_grads(self) -> None:
         """Average gradients over DP (one flat buffer: one collective per step)."""
