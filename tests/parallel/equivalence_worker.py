@@ -13,7 +13,9 @@ import torch.distributed as dist
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def global_batch(cfg, n):
+def global_batch(cfg, n, part=None):
+    """The collated global batch, or (part=(rank, parts)) the batch of one DP rank's slice of the
+    same samples (collated on its own: visual_index is flat into that rank's rows)."""
     from hydra_dist.data.collate import HydraCollator
     from hydra_dist.data.synthetic import make_sample
     from hydra_dist.data.tokenizer import ByteTokenizer
@@ -24,6 +26,9 @@ def global_batch(cfg, n):
     for i in range(n):
         img, cap, _ = make_sample(i, 11, cfg.model.vit.image_size)
         samples.append({"id": i, "image": img, "caption": cap})
+    if part is not None:
+        r, k = part
+        samples = samples[r * n // k:(r + 1) * n // k]
     return col(samples)
 
 
@@ -51,7 +56,7 @@ def main():
     dp, dp_rank = layout.dp, layout.dp_rank
     cfg.parallel.micro_batch_size = mb_global // dp
     batch = global_batch(cfg, mb_global)
-    mine = {k: v[dp_rank * (mb_global // dp):(dp_rank + 1) * (mb_global // dp)] for k, v in batch.items()}
+    mine = global_batch(cfg, mb_global, part=(dp_rank, dp))
     n_tok = float(batch["labels"].ge(0).sum()) / dp
     n_gen = max(float(batch["is_gen"].sum()), 1.0) / dp
     torch.manual_seed(cfg.train.seed)
