@@ -85,6 +85,7 @@ def test_two_node_job_runs_to_completion(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow  # two start-ups of the 2-rank run: 140 s on a quiet machine, 280 s under load
+@pytest.mark.ci    # issue 9: both SLURM tests run in CI
 def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     t0 = time.time()
     run, n = tmp_path / "run", 40
