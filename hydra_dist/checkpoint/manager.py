@@ -75,7 +75,11 @@ def verify(folder: Path) -> Optional[str]:
 def _safe_torch_load(path: str, map_location=None):
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
-    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum]):
+    # fragment_address: ZeRO-1/2 optimizer states record where each parameter sits in the flat
+    # partition with this plain named tuple.
+    from deepspeed.utils.tensor_fragment import fragment_address
+    with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum,
+                                           fragment_address]):
         return torch.load(path, map_location=map_location, weights_only=True)
 
 

@@ -49,6 +49,11 @@ def _ds_safe_globals() -> list:
     except ImportError:
         pass
     try:
+        from deepspeed.utils.tensor_fragment import fragment_address  # ZeRO-1/2 optim states
+        out.append(fragment_address)
+    except ImportError:
+        pass
+    try:
         from deepspeed.runtime.fp16 import loss_scaler
         out += [getattr(loss_scaler, n) for n in ("LossScaler", "DynamicLossScaler") if hasattr(loss_scaler, n)]
     except ImportError:
