@@ -43,3 +43,8 @@ def test_tokenizer_tp2_equals_tp1(reference, tmp_path):
 @pytest.mark.parametrize("zero", [1, 2, 3])
 def test_tokenizer_zero_dp2_equals_single_process(reference, tmp_path, zero):
     assert_same(reference, run(tmp_path, f"z{zero}", 2, 1, zero))
+
+
+@pytest.mark.slow
+def test_tokenizer_tp2_dp2_zero3_four_processes_equals_single_process(reference, tmp_path):
+    assert_same(reference, run(tmp_path, "tp2dp2", 4, 2, 3))
