@@ -324,6 +324,9 @@ def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
     if world_size % (p.tp * p.pp) != 0:
         errs.append(("parallel.tp", f"world size {world_size} is not divisible by "
                      f"tp*pp = {p.tp}*{p.pp}"))
+    if cfg.task == "tokenizer" and p.engine != "deepspeed":
+        errs.append(("parallel.engine", "HYDRA-TOK trains on the deepspeed engine (DP x TP, ZeRO); "
+                     "the megatron engine's pipeline stages are built for the unified model"))
     if p.engine == "deepspeed" and p.pp != 1:
         errs.append(("parallel.pp", "the deepspeed engine runs ZeRO over DP x TP only; "
                      "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism (use pp=1)"))

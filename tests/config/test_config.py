@@ -113,3 +113,9 @@ def test_stage_configs_carry_the_papers_schedule():
     assert p.micro_batch_size * p.grad_accum * 64 == 1024
     for tiny in ("tiny_stage1_alignment", "tiny_stage2_pretrain", "tiny_stage3_sft"):
         load_config(f"configs/unified/{tiny}.yaml", world_size=2)
+
+
+def test_tokenizer_refuses_the_megatron_engine():
+    with pytest.raises(ConfigError, match=r"parallel\.engine: HYDRA-TOK trains on the deepspeed engine"):
+        load_config("configs/tokenizer/tiny_stage1.yaml",
+                    ["parallel.engine=megatron", "parallel.zero_stage=0"], world_size=2)
