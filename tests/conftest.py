@@ -12,8 +12,7 @@ import pytest  # noqa: E402
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-@pytest.fixture(scope="module")
-def single_process_mp():
+def _megatron_single_process():
     """megatron parallel_state for one in-process rank (gloo, world 1); the environment that
     init_distributed sets is restored afterwards so later torchrun tests start clean."""
     saved = {k: os.environ.pop(k, None) for k in _DIST_ENV}
@@ -28,3 +27,7 @@ def single_process_mp():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+single_process_mp = pytest.fixture(scope="module", name="single_process_mp")(_megatron_single_process)
+megatron_tp1 = pytest.fixture(name="megatron_tp1")(_megatron_single_process)

@@ -11,6 +11,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from equivalence_worker import full_grad  # same directory: torchrun puts it on sys.path
+
 warnings.filterwarnings("ignore", category=FutureWarning)
 MICRO, MBS = 4, 2
 
@@ -31,15 +33,6 @@ def micro_batches(cfg):
             samples.append({"id": i, "text": cap} if m == 1 else {"id": i, "image": img, "caption": cap})
         out.append(col(samples))
     return out
-
-
-def full_grad(p, tp_group):
-    g = p.grad.detach().clone()
-    if getattr(p, "tensor_model_parallel", False) and dist.get_world_size(tp_group) > 1:
-        parts = [torch.empty_like(g) for _ in range(dist.get_world_size(tp_group))]
-        dist.all_gather(parts, g.contiguous(), group=tp_group)
-        g = torch.cat(parts, dim=p.partition_dim)
-    return g
 
 
 def reference(cfg, batches, dens, steps):
