@@ -81,8 +81,8 @@ def main(argv=None) -> int:
         cfg, model = load_run(args.run, lambda c: HydraModel(c.model))
         tok_model = None
         if args.decoder:
-            from hydra_dist.cli.generate import load_decoder_model
-            tok_model = load_decoder_model(args.decoder)
+            from hydra_dist.models.tokenizer.weights import load_tokenizer_run
+            tok_model = load_tokenizer_run(args.decoder)
         res = evaluate(model, load_tokenizer(cfg.data.tokenizer), cfg.model.vit.image_size,
                        args.n, tok_model, args.steps, args.cfg_scale)
     finally:

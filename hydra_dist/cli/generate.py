@@ -34,18 +34,6 @@ def load_run(path: str, build):
     return cfg, model.eval()
 
 
-def load_decoder_model(tok_run: str):
-    """HYDRA-TOK (for its pixel decoder) from a tokenizer run folder: config.yaml + tokenizer.pt."""
-    from hydra_dist.config import load_config
-    from hydra_dist.models.tokenizer.model import HydraTok
-    from hydra_dist.models.tokenizer.weights import load_tokenizer as load_tok_weights
-    run = Path(tok_run)
-    cfg = load_config(run / "config.yaml")
-    model = HydraTok(cfg)
-    load_tok_weights(model, str(run / "tokenizer.pt"), strict=False)
-    return model.eval()
-
-
 def save_png(img_3HW, path: Path) -> None:
     from PIL import Image
     arr = ((img_3HW.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
@@ -87,7 +75,8 @@ def main(argv=None) -> int:
                                   args.temperature, args.seed))
             return 0
         from hydra_dist.models.tokenizer.decoder import euler_sample
-        tok_model = load_decoder_model(args.decoder)
+        from hydra_dist.models.tokenizer.weights import load_tokenizer_run
+        tok_model = load_tokenizer_run(args.decoder)
         mu = sampling.generate_latent(model, tok, args.prompt, args.steps, args.cfg_scale, args.seed)
         size = cfg.model.vit.image_size
         noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(args.seed))

@@ -16,10 +16,10 @@ PROMPTS = ("a red circle at the center on blue", "a yellow square at the top lef
 
 class SampleGrid:
     def __init__(self, cfg, tokenizer):
-        from hydra_dist.cli.generate import load_decoder_model
+        from hydra_dist.models.tokenizer.weights import load_tokenizer_run
         from pathlib import Path
         src = Path(cfg.model.tokenizer_from)
-        self.decoder = load_decoder_model(str(src if src.is_dir() else src.parent)).decoder
+        self.decoder = load_tokenizer_run(str(src if src.is_dir() else src.parent)).decoder
         self.cfg, self.tok = cfg, tokenizer
 
     @torch.no_grad()

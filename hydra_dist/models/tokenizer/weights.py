@@ -89,3 +89,14 @@ def load_tokenizer(module, path: str, strict: bool = True) -> dict:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     load_full(module, obj["state_dict"], strict=strict, where=str(path))
     return obj.get("meta", {})
+
+
+def load_tokenizer_run(tok_run: str):
+    """HYDRA-TOK (for its pixel decoder) from a tokenizer run folder: config.yaml + tokenizer.pt."""
+    from hydra_dist.config import load_config
+    from hydra_dist.models.tokenizer.model import HydraTok
+    run = Path(tok_run)
+    cfg = load_config(run / "config.yaml")
+    model = HydraTok(cfg)
+    load_tokenizer(model, str(run / "tokenizer.pt"), strict=False)
+    return model.eval()
