@@ -14,6 +14,7 @@ from hydra_dist.checkpoint import CheckpointManager
 from hydra_dist.config import RunConfig, to_dict
 from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+from hydra_dist.perf.mfu import mfu_metrics  # tflops_per_s, mfu (docs/performance.md)
 from hydra_dist.parallel.megatron_engine import build_megatron, megatron_step
 
 from . import faults
@@ -127,15 +128,16 @@ def _train(cfg: RunConfig, layout) -> dict:
              "step_time_s": dt, "consumed_samples": state["consumed_samples"],
              "skipped_steps": skipped,
              "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
-        errors = loader.error_counts(all_ranks=True)  # a collective: every rank, every step
-        m["data_errors"] = sum(errors.values())
-        m.update({f"data_errors/{k}": v for k, v in errors.items() if v})
-        from hydra_dist.perf.mfu import mfu_metrics   # tflops_per_s, mfu (docs/performance.md)
+        log_now = step % cfg.train.log_every == 0   # the same on every rank
+        if log_now:  # a collective: only on logging steps, where every rank takes part
+            errors = loader.error_counts(all_ranks=True)
+            m["data_errors"] = sum(errors.values())
+            m.update({f"data_errors/{k}": v for k, v in errors.items() if v})
         m.update(mfu_metrics(cfg, batches, dt, layout.tp * layout.pp, device))
         for i, g in enumerate(engine.optimizer.param_groups):
             m[f"lr/{g.get('name', i)}"] = g["lr"]
         history.append(m)
-        if layout.holds_loss and step % cfg.train.log_every == 0:
+        if layout.holds_loss and log_now:
             tracker.log_metrics(m, step)
             with metrics_file.open("a") as f:
                 f.write(json.dumps({"step": step, **m}) + "\n")
