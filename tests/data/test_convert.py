@@ -6,7 +6,7 @@ import tarfile
 import pytest
 from PIL import Image
 
-from conftest import jpeg_bytes, truncated_jpeg
+from data_helpers import jpeg_bytes, truncated_jpeg
 from hydra_dist.cli.prepare_data import main as cli_main
 from hydra_dist.data.convert import SUMMARY, ConvertOptions, convert
 from hydra_dist.data.schemas import SCHEMAS

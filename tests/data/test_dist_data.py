@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_caption_mds, write_text_mds
+from data_helpers import write_caption_mds, write_text_mds
 from launch import run_torchrun
 
 WORKER = Path(__file__).with_name("dist_data_worker.py")

@@ -3,7 +3,7 @@ caching, bad samples counted and skipped with fixed batch shapes."""
 import pytest
 import torch
 
-from conftest import build_tokenizer, write_caption_mds, write_text_mds
+from data_helpers import build_tokenizer, jpeg_bytes, write_caption_mds, write_text_mds
 from hydra_dist.data.collate import HydraCollator
 from hydra_dist.data.loader import StreamingBatches
 from hydra_dist.data.tokenizer import ByteTokenizer, load_tokenizer
@@ -51,7 +51,6 @@ def test_tasks_reach_the_collator_and_images_are_vit_sized(tmp_path):
 def test_instruct_uses_chat_template(tmp_path, tiny_tokenizer):
     from hydra_dist.data.convert import ConvertOptions, convert
     import json
-    from conftest import jpeg_bytes
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(0))
     recs = [{"id": "x", "image": "a.jpg", "conversations": [
         {"from": "human", "value": "<image>\ndescribe"}, {"from": "gpt", "value": "a red circle"}]},

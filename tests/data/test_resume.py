@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import write_caption_mds, write_text_mds
+from data_helpers import write_caption_mds, write_text_mds
 from hydra_dist.data.loader import StreamingBatches
 
 
