@@ -70,6 +70,11 @@ class HeadConfig:
     flow_head_layers: int = 2
     flow_head_hidden: int = 256
     time_embed_dim: int = 128
+    # Our choice where the paper is silent: the flow head also reads the noisy latent x_t it
+    # denoises (a linear skip, merged like the visual tokens). The velocity eps - mu contains the
+    # noise itself; without the skip the head must rebuild it through Sem-ViT, the projector's
+    # LayerNorm and the LLM, which small models never learn (samples stay noise; docs/model.md).
+    latent_skip: bool = True
 
 
 @dataclass
@@ -84,6 +89,11 @@ class ModelConfig:
     fm_weight: float = 1.0
     # Rectified-flow time sampling for generation samples.
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    # Shift of t towards noise, t -> s t / (1 + (s - 1) t) (SD3's resolution shift; logit(t)
+    # moves by log s), in training and in the sampler's schedule. 1 = none. Redundant latents
+    # (large images, flat synthetic shapes) reveal the image at high t already, so the prompt
+    # matters only close to t = 1; a shift puts the training there.
+    time_shift: float = 1.0
     init_std: float = 0.02
     # LLM attention: flash-attn varlen (GPU), its CPU emulation (tests), or the dense-mask
     # reference; auto = flash when installed on CUDA, else reference (the log says which).
@@ -278,6 +288,7 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(llm.vocab_size >= 260, "model.llm.vocab_size",
          "must be at least 260 (the byte tokenizer's 256 bytes + 4 specials)")
     need(m.gsb.latent_channels > 0, "model.gsb.latent_channels", "must be positive")
+    need(m.time_shift > 0, "model.time_shift", f"{m.time_shift} is not positive")
     for name in m.freeze:
         need(name in PARTS, "model.freeze", f"unknown part {name!r} (known: {', '.join(PARTS)})")
     p = cfg.parallel

@@ -75,11 +75,14 @@ class AdaLNBlock(nn.Module):
 
 
 class FlowHead(nn.Module):
-    """Predicts the rectified-flow velocity of the merged latent (merge^2 * C per LLM token)."""
+    """Predicts the rectified-flow velocity of the merged latent (merge^2 * C per LLM token) from
+    the LLM's last hidden state and, with latent_skip, the merged noisy latent x_t itself."""
 
-    def __init__(self, llm_dim: int, out_dim: int, layers: int, ffn: int, time_dim: int):
+    def __init__(self, llm_dim: int, out_dim: int, layers: int, ffn: int, time_dim: int,
+                 latent_skip: bool = False):
         super().__init__()
         self.inp = nn.Linear(llm_dim, llm_dim)
+        self.latent_in = nn.Linear(out_dim, llm_dim) if latent_skip else None
         self.time = TimeEmbed(time_dim, llm_dim)
         self.blocks = nn.ModuleList(AdaLNBlock(llm_dim, ffn) for _ in range(layers))
         self.final_norm = nn.LayerNorm(llm_dim, elementwise_affine=False, eps=1e-6)
@@ -89,9 +92,14 @@ class FlowHead(nn.Module):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
-    def forward(self, h_BMH, t_B):
+    def forward(self, h_BMH, t_B, x_t_BMK=None):
+        """x_t_BMK: the merged noisy latent [B, M, merge^2 C]; required with latent_skip."""
         c = self.time(t_B)
         x = self.inp(h_BMH)
+        if self.latent_in is not None:
+            if x_t_BMK is None:
+                raise ValueError("FlowHead(latent_skip=True) needs the noisy latent x_t")
+            x = x + self.latent_in(x_t_BMK.to(x.dtype))
         for blk in self.blocks:
             x = blk(x, c)
         shift, scale = self.final_mod(F.silu(c))[:, None].chunk(2, dim=-1)

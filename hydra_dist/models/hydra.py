@@ -21,6 +21,11 @@ from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
 from .vit import PatchEmbed, ViTStack
 
 
+def shift_time(t, shift: float):
+    """t -> s t / (1 + (s - 1) t): towards noise for s > 1 (model.time_shift); exact for s = 1."""
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
 def init_base_seed() -> int:
     # on the CPU generator even under `with torch.device("meta")` (shape-only builds)
     return int(torch.randint(0, 2 ** 62, (1,), device="cpu").item())
@@ -37,7 +42,8 @@ def build_vision(mp, cfg: ModelConfig):
 
 def build_flow_head(cfg: ModelConfig) -> FlowHead:
     return FlowHead(cfg.llm.hidden_size, cfg.head.merge ** 2 * cfg.gsb.latent_channels,
-                    cfg.head.flow_head_layers, cfg.head.flow_head_hidden, cfg.head.time_embed_dim)
+                    cfg.head.flow_head_layers, cfg.head.flow_head_hidden, cfg.head.time_embed_dim,
+                    cfg.head.latent_skip)
 
 
 class HydraModel(nn.Module):
@@ -92,7 +98,8 @@ class HydraModel(nn.Module):
             ts.append(torch.sigmoid(z) if self.cfg.time_sampling == "logit_normal"
                       else torch.rand(1, generator=gen))
             epss.append(torch.randn(mu_BNC.shape[1:], generator=gen))
-        return torch.cat(ts).to(mu_BNC), torch.stack(epss).to(mu_BNC)
+        t = shift_time(torch.cat(ts), self.cfg.time_shift)
+        return t.to(mu_BNC), torch.stack(epss).to(mu_BNC)
 
     # --- training forward --------------------------------------------------------------
     def forward(self, batch: dict, noise_seed: int = 0, ntp_den=None, fm_den=None) -> dict:
@@ -122,7 +129,7 @@ class HydraModel(nn.Module):
 
         l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)
         h_vis = h.reshape(R * S, H)[vidx.clamp(min=0)]    # [I, M, H]
-        v_pred = self.flow_head(h_vis, t)
+        v_pred = self.flow_head(h_vis, t, merge_patches(x_t, self.cfg.head.merge))
         v_target = merge_patches(eps - mu, self.cfg.head.merge)
         per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = is_gen.float() * batch["image_weight"].float()

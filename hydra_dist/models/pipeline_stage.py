@@ -9,7 +9,8 @@ indices: `llm.layers.5.attn.q.weight`), and every piece is seeded like HydraMode
 What travels between stages (one tensor, megatron's (seq, micro_batch, hidden) shape):
   rows [0, S)      the hidden states [S, R, H] (rows padded to the micro-batch size)
   rows [S, S + P)  the flow payload: column i holds image i's flow target merge(eps - mu)
-                   (M x m^2 C values) and its time t, zero-padded to P rows of H.
+                   (M x m^2 C values), with head.latent_skip its noisy latent merge(x_t) (as
+                   many again), and its time t, zero-padded to P rows of H.
 The flow target needs mu, which only the first stage computes (Gen-ViT -> GSB). Sending it
 along with the activations costs P/S extra traffic (about 8% at 448 px on Qwen-1.5B) and keeps
 the design exact even when GSB trains: its gradient flows back through the pipeline like any
@@ -43,8 +44,9 @@ def visual_tokens_per_image(cfg: ModelConfig) -> int:
 
 
 def payload_rows(cfg: ModelConfig) -> int:
-    """P: rows of H values that carry one image's flow target and time."""
-    per_image = visual_tokens_per_image(cfg) * cfg.head.merge ** 2 * cfg.gsb.latent_channels + 1
+    """P: rows of H values that carry one image's flow target (and x_t) and time."""
+    latent = visual_tokens_per_image(cfg) * cfg.head.merge ** 2 * cfg.gsb.latent_channels
+    per_image = latent * (2 if cfg.head.latent_skip else 1) + 1
     return math.ceil(per_image / cfg.llm.hidden_size)
 
 
@@ -143,7 +145,8 @@ class HydraStage(nn.Module):
         t, eps = self.flow_noise(batch["sample_ids"], noise_seed, mu)
         t = t * batch["is_gen"].to(mu.dtype)
         tt = t[:, None, None]
-        vis_BMH = self.visual_tokens((1 - tt) * mu + tt * eps)
+        x_t = (1 - tt) * mu + tt * eps
+        vis_BMH = self.visual_tokens(x_t)
         emb = self.llm.embed(batch["input_ids"])
         R, S, H = emb.shape
         vidx = batch["visual_index"]
@@ -156,7 +159,10 @@ class HydraStage(nn.Module):
         if I > R:
             raise ValueError(f"{I} images in a micro-batch of {R} rows: the pipeline payload "
                              "carries one image per row (data.pack_tokens=0)")
-        per_image = torch.cat([target.reshape(I, -1), t[:, None]], dim=1)  # [I, M*m^2C + 1]
+        parts = [target.reshape(I, -1)]
+        if self.cfg.head.latent_skip:
+            parts.append(merge_patches(x_t, self.cfg.head.merge).reshape(I, -1))
+        per_image = torch.cat(parts + [t[:, None]], dim=1)              # [I, (1|2) M m^2C + 1]
         P = payload_rows(self.cfg)
         per_image = nn.functional.pad(per_image, (0, P * H - per_image.shape[1]))
         flat = torch.cat([per_image, per_image.new_zeros(R - I, P * H)])  # column i: image i
@@ -169,9 +175,11 @@ class HydraStage(nn.Module):
         vidx = batch["visual_index"]
         I, M = vidx.shape
         K = self.cfg.head.merge ** 2 * self.cfg.gsb.latent_channels
-        per_image = payload.transpose(0, 1).reshape(R, -1)[:I, :M * K + 1]
-        v_target, t = per_image[:, :M * K].reshape(I, M, K), per_image[:, M * K]
-        v_pred = self.flow_head(h.reshape(R * S, H)[vidx.clamp(min=0)], t)
+        n_lat = 2 if self.cfg.head.latent_skip else 1
+        per_image = payload.transpose(0, 1).reshape(R, -1)[:I, :n_lat * M * K + 1]
+        v_target, t = per_image[:, :M * K].reshape(I, M, K), per_image[:, n_lat * M * K]
+        x_t = per_image[:, M * K:2 * M * K].reshape(I, M, K) if n_lat == 2 else None
+        v_pred = self.flow_head(h.reshape(R * S, H)[vidx.clamp(min=0)], t, x_t)
         err = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = batch["is_gen"].float() * batch["image_weight"].float()
         l_fm = (err * w).sum() / (w.sum().clamp(min=1.0) if fm_den is None else fm_den)

@@ -9,7 +9,8 @@ import torch
 
 from hydra_dist.ops.attention import build_mask
 
-from .heads import unmerge_patches
+from .heads import merge_patches, unmerge_patches
+from .hydra import shift_time
 from .layers import LayerKV
 
 
@@ -66,7 +67,7 @@ def _velocity(model, cache, L, x_BNC, t: float):
     vis = model.visual_tokens(x_BNC)
     M = vis.shape[1]
     h = model.llm(vis, None, (L + torch.arange(M))[None], cache)   # image tokens: bidirectional
-    v = model.flow_head(h, torch.full((1,), t))
+    v = model.flow_head(h, torch.full((1,), t), merge_patches(x_BNC, model.cfg.head.merge))
     return unmerge_patches(v, model.cfg.head.merge, model.cfg.gsb.latent_channels)
 
 
@@ -80,12 +81,12 @@ def generate_latent(model, tok, prompt: str, steps: int = 20, cfg_scale: float =
     uncond = _prefix_cache(model, [tok.BOS, tok.EOS]) if cfg_scale != 1.0 else None
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, N, model.cfg.gsb.latent_channels, generator=gen)
-    dt = 1.0 / steps
-    for i in range(steps):
-        t = 1.0 - i * dt
+    # the training time shift also spaces the steps: more of them close to t = 1
+    ts = shift_time(torch.linspace(1.0, 0.0, steps + 1), model.cfg.time_shift).tolist()
+    for t, t_next in zip(ts[:-1], ts[1:]):
         v = _velocity(model, *cond, x, t)
         if uncond is not None:
             v_u = _velocity(model, *uncond, x, t)
             v = v_u + cfg_scale * (v - v_u)
-        x = x - dt * v
+        x = x - (t - t_next) * v
     return x

@@ -156,7 +156,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsRe
     # flow head: per-token MLPs on I x M visual positions, per-image modulation
     H, F_, te = c.hidden_size, h.flow_head_hidden, h.time_embed_dim
     tok = lin(I * M, H, H) + h.flow_head_layers * (lin(I * M, H, F_) + lin(I * M, F_, H)) + \
-        lin(I * M, H, h.merge ** 2 * C)
+        lin(I * M, H, h.merge ** 2 * C) + (lin(I * M, h.merge ** 2 * C, H) if h.latent_skip else 0.0)
     time_first = lin(I, te, H)
     per_img = time_first + lin(I, H, H) + h.flow_head_layers * lin(I, H, 3 * H) + lin(I, H, 2 * H)
     fh = tok + per_img

@@ -64,7 +64,8 @@ def param_counts(model_cfg) -> dict:
                 replicated=layer.replicated * c.num_layers + H)
     F, te, o = h.flow_head_hidden, h.time_embed_dim, h.merge ** 2 * C
     fh = Count(replicated=H * H + H + te * H + H + H * H + H +
-               h.flow_head_layers * (H * F + F + F * H + H + H * 3 * H + 3 * H) + H * 2 * H + 2 * H + H * o + o)
+               h.flow_head_layers * (H * F + F + F * H + H + H * 3 * H + 3 * H) + H * 2 * H + 2 * H + H * o + o +
+               (o * H + H if h.latent_skip else 0))
     return {"gen_vit": gen, "gsb": gsb, "sem_vit": sem, "projector": proj, "llm": llm, "flow_head": fh}
 
 

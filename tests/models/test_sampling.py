@@ -48,7 +48,7 @@ def test_cached_decoding_equals_full_recompute(model):
 
 
 def test_prefix_cached_velocity_equals_training_forward(model):
-    from hydra_dist.models.heads import unmerge_patches
+    from hydra_dist.models.heads import merge_patches, unmerge_patches
     from hydra_dist.models.sampling import _prefix_cache, _velocity
     tok = ByteTokenizer()
     prompt = tok.encode("a red circle")
@@ -69,7 +69,8 @@ def test_prefix_cached_velocity_equals_training_forward(model):
         img_ids[:, L:] = 1
         h = model.llm(emb, build_mask(torch.ones(1, len(full), dtype=torch.long), img_ids),
                       torch.arange(len(full))[None])
-        v_full = unmerge_patches(model.flow_head(h[:, L:], torch.full((1,), t)), 2, 16)
+        v_full = unmerge_patches(model.flow_head(h[:, L:], torch.full((1,), t), merge_patches(x, 2)),
+                                 2, 16)
     torch.testing.assert_close(v_cached, v_full, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(v_again, v_cached)
     assert v_full.abs().max() > 0

@@ -26,3 +26,20 @@ def test_flow_noise_matches_per_sample_generators(single_process_mp, sampling):
     t, eps = model.flow_noise(ids, 99, mu)
     rt, reps = reference(ids.tolist(), 99, (64, 16), sampling == "logit_normal")
     assert torch.equal(t, rt) and torch.equal(eps, reps)
+
+
+def test_time_shift_moves_draws_towards_noise(single_process_mp):
+    """model.time_shift s: t -> s t / (1 + (s - 1) t) on the same draws (logit(t) + log s)."""
+    from hydra_dist.models.hydra import HydraModel
+    cfg = load_config("configs/model/tiny.yaml", ["model.time_sampling=uniform", "model.time_shift=4"])
+    ids = torch.arange(64)
+    t, eps = HydraModel(cfg.model).flow_noise(ids, 5, torch.zeros(64, 64, 16))
+    rt, reps = reference(ids.tolist(), 5, (64, 16), False)
+    assert torch.equal(eps, reps)
+    torch.testing.assert_close(torch.logit(t), torch.logit(rt) + torch.log(torch.tensor(4.0)))
+    assert (t > rt).all() and t.max() < 1
+
+
+def test_time_shift_must_be_positive():
+    with pytest.raises(Exception, match="model.time_shift"):
+        load_config("configs/model/tiny.yaml", ["model.time_shift=0"])

@@ -4,7 +4,8 @@ from transformers import PretrainedConfig
 DEFAULT_VISION = {"image_size": 32, "patch_size": 4, "hidden_size": 64, "num_heads": 4,
                   "mlp_size": 256, "gen_layers": 2, "sem_layers": 2, "norm_eps": 1e-6,
                   "gsb": {"latent_channels": 16, "logvar_min": -30.0, "logvar_max": 20.0}}
-DEFAULT_HEAD = {"merge": 2, "flow_head_layers": 2, "flow_head_hidden": 256, "time_embed_dim": 128}
+DEFAULT_HEAD = {"merge": 2, "flow_head_layers": 2, "flow_head_hidden": 256, "time_embed_dim": 128,
+                "latent_skip": True}
 
 
 class HydraConfig(PretrainedConfig):
@@ -14,7 +15,7 @@ class HydraConfig(PretrainedConfig):
     model_type = "hydra"
 
     def __init__(self, vision_config=None, language_config=None, head_config=None, part="all",
-                 ntp_weight=1.0, fm_weight=1.0, time_sampling="logit_normal", **kwargs):
+                 ntp_weight=1.0, fm_weight=1.0, time_sampling="logit_normal", time_shift=1.0, **kwargs):
         self.vision_config = dict(vision_config or DEFAULT_VISION)
         self.language_config = dict(language_config or {})
         self.head_config = dict(head_config or DEFAULT_HEAD)
@@ -22,5 +23,6 @@ class HydraConfig(PretrainedConfig):
         self.ntp_weight = ntp_weight
         self.fm_weight = fm_weight
         self.time_sampling = time_sampling
+        self.time_shift = time_shift
         kwargs.setdefault("tie_word_embeddings", False)  # the LLM's own tying is in language_config
         super().__init__(**kwargs)

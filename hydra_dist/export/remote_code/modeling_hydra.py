@@ -268,18 +268,24 @@ class AdaLNBlock(nn.Module):
 
 
 class FlowHead(nn.Module):
-    def __init__(self, llm_dim, out_dim, layers, ffn, time_dim):
+    def __init__(self, llm_dim, out_dim, layers, ffn, time_dim, latent_skip=False):
         super().__init__()
         self.inp = nn.Linear(llm_dim, llm_dim)
+        # latent_skip: the head also reads the merged noisy latent x_t it denoises
+        self.latent_in = nn.Linear(out_dim, llm_dim) if latent_skip else None
         self.time = TimeEmbed(time_dim, llm_dim)
         self.blocks = nn.ModuleList(AdaLNBlock(llm_dim, ffn) for _ in range(layers))
         self.final_norm = nn.LayerNorm(llm_dim, elementwise_affine=False, eps=1e-6)
         self.final_mod = nn.Linear(llm_dim, 2 * llm_dim)
         self.out = nn.Linear(llm_dim, out_dim)
 
-    def forward(self, h, t):
+    def forward(self, h, t, x_t=None):
         c = self.time(t)
         x = self.inp(h)
+        if self.latent_in is not None:
+            if x_t is None:
+                raise ValueError("this flow head (latent_skip) needs the merged noisy latent x_t")
+            x = x + self.latent_in(x_t.to(x.dtype))
         for blk in self.blocks:
             x = blk(x, c)
         shift, scale = self.final_mod(F.silu(c))[:, None].chunk(2, dim=-1)
@@ -323,7 +329,8 @@ class HydraForPretraining(HydraPreTrainedModel):
             self.projector = Projector(v["hidden_size"], c["hidden_size"], h["merge"])
             self.llm = QwenLM(c)
             self.flow_head = FlowHead(c["hidden_size"], h["merge"] ** 2 * v["gsb"]["latent_channels"],
-                                      h["flow_head_layers"], h["flow_head_hidden"], h["time_embed_dim"])
+                                      h["flow_head_layers"], h["flow_head_hidden"], h["time_embed_dim"],
+                                      h.get("latent_skip", False))
         self.post_init()
 
     # HYDRA-TOK
@@ -352,7 +359,9 @@ class HydraForPretraining(HydraPreTrainedModel):
             ts.append(torch.sigmoid(z) if self.config.time_sampling == "logit_normal"
                       else torch.rand(1, generator=gen))
             epss.append(torch.randn(mu.shape[1:], generator=gen))
-        return torch.cat(ts).to(mu), torch.stack(epss).to(mu)
+        t, s = torch.cat(ts), float(self.config.time_shift)
+        t = t if s == 1.0 else s * t / (1 + (s - 1) * t)   # model.time_shift, as in training
+        return t.to(mu), torch.stack(epss).to(mu)
 
     def forward(self, input_ids, labels, position_ids, segment_ids, image_ids, visual_index, images,
                 is_gen, sample_ids, image_weight=None, noise_seed=0, **unused):
@@ -366,7 +375,8 @@ class HydraForPretraining(HydraPreTrainedModel):
         gen_f = is_gen.to(mu.dtype)
         t = t * gen_f
         tt = t[:, None, None].to(mu.dtype)
-        vis = self.projector(self.semantic_features((1 - tt) * mu + tt * eps))
+        x_t = (1 - tt) * mu + tt * eps
+        vis = self.projector(self.semantic_features(x_t))
         emb = self.llm.embed(input_ids)
         R, S, H = emb.shape
         placed = visual_index >= 0
@@ -377,7 +387,8 @@ class HydraForPretraining(HydraPreTrainedModel):
         per_tok = F.cross_entropy(logits.float().flatten(0, 1), labels.clamp(min=0).flatten(),
                                   reduction="none").view_as(labels)
         ntp = (per_tok * valid).sum() / valid.sum().clamp(min=1)
-        v_pred = self.flow_head(h.reshape(R * S, H)[visual_index.clamp(min=0)], t)
+        v_pred = self.flow_head(h.reshape(R * S, H)[visual_index.clamp(min=0)], t,
+                                merge_patches(x_t, merge))
         v_target = merge_patches(eps - mu, merge)
         per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = gen_f.float() * (torch.ones_like(gen_f) if image_weight is None else image_weight.float())
