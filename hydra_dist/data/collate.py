@@ -5,6 +5,7 @@ Per sample (positions restart at 0 in each sample; a sample is never split acros
   generation:              [BOS, text, EOS, IMG x n_vis]   FM on the image; text dropped with
                                                            prob. cfg_dropout (classifier-free guidance)
   text:                    [BOS, text, EOS]                NTP on text + EOS
+Instruct samples (data/samples.py) carry `segments`: NTP only on assistant turns.
 Batch layout (R rows of S tokens, I images):
   input_ids, labels, position_ids, segment_ids, image_ids  [R, S]
   images [I,3,H,W], image_weight [I], is_gen [I], sample_ids [I], visual_index [I, n_vis]
@@ -64,10 +65,28 @@ class HydraCollator:
             return "text"
         return "generation" if is_generation(sample["id"], self.seed, self.frac) else "caption"
 
+    def _text(self, sample: dict):
+        """(text ids, per-token trained flags, EOS trained) truncated to max_text. Instruct samples
+        carry `segments` [(text, trained)]: only assistant turns are learned (SFT masking)."""
+        segments = sample.get("segments")
+        if not segments:
+            text = self.tok.encode(sample.get("caption") or sample.get("text") or "")[: self.max_text]
+            return text, [True] * len(text), True
+        ids, trained = [], []
+        for piece, tr in segments:
+            enc = self.tok.encode(piece)
+            ids += enc
+            trained += [bool(tr)] * len(enc)
+        # a reply cut by max_text must not learn to stop there
+        whole = len(ids) <= self.max_text
+        return ids[: self.max_text], trained[: self.max_text], whole and bool(segments[-1][1])
+
     def _tokens(self, sample: dict, task: str):
         """(ids, labels, vis_start or None) of one sample."""
         tok, n = self.tok, self.n_vis
-        text = tok.encode(sample.get("caption") or sample.get("text") or "")[: self.max_text]
+        text, trained, eos_trained = self._text(sample)
+        targets = [t if tr else IGNORE for t, tr in zip(text, trained)]
+        eos = tok.EOS if eos_trained else IGNORE
         if task == "generation":
             if self.cfg_dropout and _unit_hash(sample["id"], self.seed, 1) < self.cfg_dropout:
                 text = []  # unconditional example for classifier-free guidance
@@ -76,9 +95,9 @@ class HydraCollator:
         if task == "caption":
             ids = [tok.BOS] + [tok.IMG] * n + text + [tok.EOS]
             # position p predicts token p+1: the last image token predicts the first word
-            return ids, [IGNORE] * n + text + [tok.EOS] + [IGNORE], 1
+            return ids, [IGNORE] * n + targets + [eos] + [IGNORE], 1
         ids = [tok.BOS] + text + [tok.EOS]
-        return ids, text + [tok.EOS] + [IGNORE], None
+        return ids, targets + [eos] + [IGNORE], None
 
     def __call__(self, samples):
         S, tok = self.seq_len, self.tok

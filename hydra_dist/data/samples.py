@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from streaming import Stream, StreamingDataset
 
@@ -104,13 +104,37 @@ class ChatRenderer:
     def __init__(self, tokenizer_spec: str = "byte"):
         self.spec, self._tok = tokenizer_spec, None
 
-    def __call__(self, messages: list) -> str:
+    def render(self, messages: list, add_generation_prompt: bool = False) -> str:
         if self.spec == "byte":
-            return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
         if self._tok is None:
             from .tokenizer import HFTokenizer
             self._tok = HFTokenizer(self.spec)
-        return self._tok.render_chat(messages)
+        return self._tok.render_chat(messages, add_generation_prompt)
+
+    def __call__(self, messages: list) -> str:
+        return self.render(messages)
+
+    def segments(self, messages: list) -> List[Tuple[str, bool]]:
+        """The rendered conversation as (text, trained) pieces: an assistant turn's content and
+        end marker are trained; system and user turns and the assistant header are context
+        (SFT masks them from the loss). Built from rendered prefixes, so any chat template works
+        as long as each prefix renders as a prefix of the next (checked, never guessed)."""
+        out: List[Tuple[str, bool]] = []
+        done = ""
+        for k, m in enumerate(messages):
+            full = self.render(messages[:k + 1])
+            head = self.render(messages[:k], add_generation_prompt=True) if m["role"] == "assistant" else done
+            if not (head.startswith(done) and full.startswith(head)):
+                raise ValueError(f"data.tokenizer {self.spec}: the chat template does not render "
+                                 f"turn {k} ({m['role']}) as an extension of the turns before it; "
+                                 "cannot tell its tokens apart for loss masking")
+            if len(head) > len(done):
+                out.append((head[len(done):], False))
+            out.append((full[len(head):], m["role"] == "assistant"))
+            done = full
+        return [(t, tr) for t, tr in out if t]
 
     def __getstate__(self):
         return {"spec": self.spec, "_tok": None}
@@ -148,12 +172,13 @@ class MixtureDataset(StreamingDataset):
         task = info["task"]
         out = {"id": idx, "source": info["name"]}
         if task == "instruct":
-            text = self.chat(conversation_messages(raw["conversations"]))
+            segments = self.chat.segments(conversation_messages(raw["conversations"]))
+            text = "".join(t for t, _ in segments)
             img = raw.get("image")
             if img is not None and len(img):
-                out.update(task="caption", image=self._image(img), caption=text)
+                out.update(task="caption", image=self._image(img), caption=text, segments=segments)
             else:
-                out.update(task="text", text=text)
+                out.update(task="text", text=text, segments=segments)
             return out
         if task == "text" or (task == "auto" and raw.get("image") is None):
             text = raw.get("text", raw.get("caption"))

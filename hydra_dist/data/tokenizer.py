@@ -39,11 +39,14 @@ class HFTokenizer:
             if tid is None or tid == self.tok.unk_token_id:
                 raise ValueError(f"data.tokenizer: {path} has no {special} token")
 
-    def render_chat(self, messages: List[dict]) -> str:
+    def render_chat(self, messages: List[dict], add_generation_prompt: bool = False) -> str:
         """Messages [{role, content}] -> text through the tokenizer's chat template."""
         if not self.tok.chat_template:
             raise ValueError(f"data.tokenizer: {self.path} has no chat template (instruct data)")
-        return self.tok.apply_chat_template(messages, tokenize=False)
+        if not messages and not add_generation_prompt:
+            return ""
+        return self.tok.apply_chat_template(messages, tokenize=False,
+                                            add_generation_prompt=add_generation_prompt)
 
     def encode(self, text: str) -> List[int]:
         return self.tok.encode(text, add_special_tokens=False)

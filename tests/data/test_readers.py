@@ -69,6 +69,35 @@ def test_instruct_uses_chat_template(tmp_path, tiny_tokenizer):
     b = col(list(s.values()))
     assert b["images"].shape[0] == 1 and int(b["image_weight"].sum()) == 1
     assert tok.tok.convert_tokens_to_ids("<|im_start|>") in b["input_ids"].flatten().tolist()
+    # SFT masking: only the assistant replies (and the closing EOS) are learned
+    learned = tok.tok.decode([t for t in b["labels"].flatten().tolist() if t >= 0])
+    assert learned in ("a red circle<|im_end|>\n<|im_end|>world<|im_end|>\n<|im_end|>",
+                       "world<|im_end|>\n<|im_end|>a red circle<|im_end|>\n<|im_end|>")
+
+
+def test_chat_segments_mark_only_assistant_turns(tiny_tokenizer):
+    from hydra_dist.data.collate import IGNORE
+    from hydra_dist.data.samples import ChatRenderer
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2"}]
+    for spec in ("byte", str(tiny_tokenizer)):
+        chat = ChatRenderer(spec)
+        seg = chat.segments(msgs)
+        assert "".join(t for t, _ in seg) == chat(msgs)       # nothing lost or repeated
+        assert [t for t, tr in seg if tr] == ["a1<|im_end|>\n", "a2<|im_end|>\n"]
+        assert seg[-3:] == [("<|im_start|>user\nq2<|im_end|>\n", False),
+                            ("<|im_start|>assistant\n", False), ("a2<|im_end|>\n", True)]
+    # the byte tokenizer path through the collator: labels are exactly the replies' bytes + EOS
+    tok = load_tokenizer("byte")
+    col = HydraCollator(tok, image_size=16, n_vis=4, max_text=200, generation_fraction=0.0, seed=1)
+    b = col([{"id": 0, "task": "text", "text": chat(msgs), "segments": ChatRenderer("byte").segments(msgs)}])
+    lab = [t for t in b["labels"][0].tolist() if t != IGNORE]
+    assert lab == tok.encode("a1<|im_end|>\na2<|im_end|>\n") + [tok.EOS]
+    # a reply cut by max_text does not learn EOS at the cut
+    short = HydraCollator(tok, image_size=16, n_vis=4, max_text=60, generation_fraction=0.0, seed=1)
+    b = short([{"id": 0, "task": "text", "text": chat(msgs), "segments": ChatRenderer("byte").segments(msgs)}])
+    assert tok.EOS not in b["labels"][0].tolist()
 
 
 def test_tokenizer_requires_specials_and_template(tmp_path):
