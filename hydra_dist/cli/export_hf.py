@@ -1,4 +1,5 @@
-"""hydra-export-hf: a DeepSpeed ZeRO training checkpoint -> a Hugging Face folder.
+"""hydra-export-hf: a training checkpoint (DeepSpeed ZeRO 0-3 with TP, or the megatron engine's
+TP x PP) -> a Hugging Face folder.
 
 Usage:
   hydra-export-hf CHECKPOINT OUT [--dtype fp32|bf16] [--shard-size 5GB] [--part all|tokenizer]
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"hydra-export-hf: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: info[k] for k in ("checkpoint", "zero_stage", "dp", "tp", "tensors", "shards")}))
+    keep = ("checkpoint", "engine", "zero_stage", "dp", "tp", "pp", "virtual_pp", "tensors", "shards")
+    print(json.dumps({k: info[k] for k in keep if k in info}))
     return 0
 
 

@@ -18,14 +18,15 @@ import torch
 
 
 def load_run(path: str, build):
-    """(cfg, model) from a run/checkpoint folder: weights streamed from the ZeRO shards."""
+    """(cfg, model) from a run/checkpoint folder: weights streamed from its shards (DeepSpeed or
+    megatron engine)."""
     from hydra_dist.config import load_config
-    from hydra_dist.export.ds_reader import ZeroCheckpoint
     from hydra_dist.export.hf_export import resolve_checkpoint
+    from hydra_dist.export.readers import open_checkpoint
     step_dir, run_dir = resolve_checkpoint(path)
     cfg = load_config(run_dir / "config.yaml", ["model.attention=reference"])
     model = build(cfg)
-    state = dict(ZeroCheckpoint(step_dir).items())
+    state = dict(open_checkpoint(step_dir).items())
     missing, unexpected = model.load_state_dict(state, strict=False)
     wanted = [m for m in missing if not m.startswith("teacher.")]
     if wanted or unexpected:

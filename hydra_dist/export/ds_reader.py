@@ -22,7 +22,8 @@ How (the format is DeepSpeed's, see deepspeed/utils/zero_to_fp32.py; the reader 
 - ZeRO-0: model_states' `module` holds the full parameters.
 - TP > 1: each TP rank (mp_rank_XX) is consolidated as above and the slices are concatenated
   along the partition dim of hydra_dist.export.partition; replicated tensors come from rank 0.
-  Written from the layout; only TP=1 is exercised by tests so far.
+  Tested on real ZeRO-3 TP=1 and TP=2 runs (tests/export/test_export_parity.py,
+  test_export_layouts.py).
 """
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ from .partition import merge_tp
 _OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _MODEL_Z3_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
 _MODEL_RE = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
+
+
+def is_deepspeed_checkpoint(folder: Path) -> bool:
+    return any(_OPTIM_RE.search(p.name) or _MODEL_Z3_RE.search(p.name) or _MODEL_RE.match(p.name)
+               for p in Path(folder).iterdir())
 
 
 def _ds_safe_globals() -> list:
@@ -248,6 +254,9 @@ class ZeroCheckpoint:
         return locs
 
     # -- reading -----------------------------------------------------------------------
+    def layout(self) -> dict:
+        return {"engine": "deepspeed", "zero_stage": self.zero_stage, "dp": self.dp, "tp": self.tp}
+
     def names(self) -> List[str]:
         return list(self._locs[0])
 

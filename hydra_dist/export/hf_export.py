@@ -1,13 +1,15 @@
-"""DeepSpeed training checkpoint -> Hugging Face folder, tensor by tensor.
+"""Training checkpoint (DeepSpeed ZeRO 0-3 with TP, or the megatron engine's TP x PP) -> Hugging
+Face folder, tensor by tensor.
 
 OUT/
   model.safetensors.index.json, model-0000i-of-0000N.safetensors   our parameter names
   config.json (model_type "hydra", auto_map), configuration_hydra.py, modeling_hydra.py
   generation_config.json, tokenizer files (or byte_tokenizer.json), hydra_export.json
   language_model/   the LLM alone as a Qwen2ForCausalLM folder (HF names)
-Memory: about one merged tensor (the ZeRO reader reads byte ranges; the writer plans the
-shards up front and writes each tensor's bytes straight to its file). language_model/ is written in a second pass that streams the
-root shards back, so it costs disk (the LLM twice), not memory.
+Memory: about one merged tensor (readers.open_checkpoint picks the DeepSpeed or the megatron
+reader from the folder's files; both read one tensor's bytes at a time; the writer plans the
+shards up front and writes each tensor's bytes straight to its file). language_model/ is written
+in a second pass that streams the root shards back, so it costs disk (the LLM twice), not memory.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from .ds_reader import ZeroCheckpoint
 from .qwen_map import VOCAB_TENSORS, hf_config_from_llm, ours_to_hf_name, ours_to_hf_tensors
+from .readers import open_checkpoint
 from .st_io import ShardedWriter, iter_tensors, parse_size, read_metadata, tensor_spec
 
 REMOTE_CODE = Path(__file__).with_name("remote_code")
@@ -65,8 +67,10 @@ def _hydra_config(cfg, part: str) -> dict:
     if part == "all":
         out.update(language_config=hf_config_from_llm(m.llm),
                    head_config={"merge": h.merge, "flow_head_layers": h.flow_head_layers,
-                                "flow_head_hidden": h.flow_head_hidden, "time_embed_dim": h.time_embed_dim},
-                   ntp_weight=m.ntp_weight, fm_weight=m.fm_weight, time_sampling=m.time_sampling)
+                                "flow_head_hidden": h.flow_head_hidden, "time_embed_dim": h.time_embed_dim,
+                                "latent_skip": h.latent_skip},
+                   ntp_weight=m.ntp_weight, fm_weight=m.fm_weight, time_sampling=m.time_sampling,
+                   time_shift=m.time_shift)
     return out
 
 
@@ -117,12 +121,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: the run's resolved config (pass --config)")
     cfg = load_config(str(cfg_path), [])
+    ck = open_checkpoint(step_dir)  # an unreadable layout fails before OUT is touched
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     to = DTYPES[dtype]
-    ck = ZeroCheckpoint(step_dir)
     names = [n for n in ck.names() if part == "all" or n.startswith(TOKENIZER_PARTS)]
     max_bytes = parse_size(shard_size)
     specs = [(n, ck.shape(n), to if ck.dtype(n).is_floating_point else ck.dtype(n)) for n in names]
@@ -145,7 +149,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
     _write_generation_config(out, ids)
     _write_tokenizer(cfg.data.tokenizer, out, ids)
     trainer_state = step_dir / "trainer_state.json"
-    info = {"checkpoint": str(step_dir.resolve()), "zero_stage": ck.zero_stage, "dp": ck.dp, "tp": ck.tp,
+    info = {"checkpoint": str(step_dir.resolve()), **ck.layout(),
             "dtype": dtype, "part": part, "tensors": len(names), "shards": len(shards),
             "trainer_state": json.loads(trainer_state.read_text()) if trainer_state.is_file() else None}
     if part == "all":
