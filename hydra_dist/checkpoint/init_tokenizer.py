@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("hydra_dist")
-VISION_PREFIXES = ("patch.", "gen_vit.", "gsb.", "sem_vit.")
+VISION_PREFIXES = ("patch.", "gen_vit.", "gsb.", "sem_vit.", "sem_cls.")
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ class ViTConfig:
     qkv_bias: bool = True
     qk_norm: bool = False          # RMSNorm over the full q / k width (InternViT-6B style)
     layer_scale_init: float = 0.0  # > 0: learned per-channel residual scales (lambda_1, lambda_2)
-    use_cls_token: bool = False    # a CLS token in front of the patches (tokenizer only)
+    use_cls_token: bool = False    # a CLS token in front of the patches (InternViT); Sem-ViT gets its own
 
 
 @dataclass
@@ -308,8 +308,6 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.train.steps >= 1, "train.steps", "must be >= 1")
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
-    need(not v.use_cls_token or cfg.task == "tokenizer", "model.vit.use_cls_token",
-         "the unified model takes patch tokens only (a CLS token is for task: tokenizer)")
     return errs + (check_tokenizer(cfg) if cfg.task == "tokenizer" else [])
 
 

@@ -25,7 +25,7 @@ from .readers import open_checkpoint
 from .st_io import ShardedWriter, iter_tensors, parse_size, read_metadata, tensor_spec
 
 REMOTE_CODE = Path(__file__).with_name("remote_code")
-TOKENIZER_PARTS = ("patch.", "gen_vit.", "gsb.", "sem_vit.")
+TOKENIZER_PARTS = ("patch.", "gen_vit.", "gsb.", "sem_vit.", "sem_cls.")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -51,13 +51,12 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 def _hydra_config(cfg, part: str) -> dict:
     m = cfg.model
     v, g, h = m.vit, m.gsb, m.head
-    if getattr(v, "use_cls_token", False):
-        raise ValueError("model.vit.use_cls_token: the exported modeling code has no CLS token path yet")
     vision = {"image_size": v.image_size, "patch_size": v.patch_size, "hidden_size": v.hidden_size,
               "num_heads": v.num_heads, "mlp_size": v.mlp_size, "gen_layers": v.gen_layers,
               "sem_layers": v.sem_layers, "norm_eps": v.norm_eps,
               "norm_type": getattr(v, "norm_type", "layer_norm"), "qkv_bias": getattr(v, "qkv_bias", True),
               "qk_norm": getattr(v, "qk_norm", False), "layer_scale_init": getattr(v, "layer_scale_init", 0.0),
+              "use_cls_token": v.use_cls_token,
               "gsb": {"latent_channels": g.latent_channels, "logvar_min": g.logvar_min,
                       "logvar_max": g.logvar_max}}
     out = {"architectures": ["HydraForPretraining"], "model_type": "hydra", "part": part,

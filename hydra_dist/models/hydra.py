@@ -18,7 +18,7 @@ from .gsb import GSB
 from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
 from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
-from .vit import PatchEmbed, ViTStack
+from .vit import PatchEmbed, PrependToken, ViTStack
 
 
 def shift_time(t, shift: float):
@@ -40,6 +40,11 @@ def build_vision(mp, cfg: ModelConfig):
             Projector(mp, v.hidden_size, cfg.llm.hidden_size, cfg.head.merge, std))
 
 
+def build_sem_cls(cfg: ModelConfig):
+    """Sem-ViT's learned CLS with use_cls_token (InternViT), as in HYDRA-TOK; else None."""
+    return PrependToken(cfg.vit.hidden_size) if cfg.vit.use_cls_token else None
+
+
 def build_flow_head(cfg: ModelConfig) -> FlowHead:
     return FlowHead(cfg.llm.hidden_size, cfg.head.merge ** 2 * cfg.gsb.latent_channels,
                     cfg.head.flow_head_layers, cfg.head.flow_head_hidden, cfg.head.time_embed_dim,
@@ -57,6 +62,7 @@ class HydraModel(nn.Module):
         init_base = init_base_seed()
         seed_piece(init_base, SEED_VISION)
         self.patch, self.gen_vit, self.gsb, self.sem_vit, self.projector = build_vision(mp, cfg)
+        self.sem_cls = build_sem_cls(cfg)
         self.llm = QwenLM(mp, cfg.llm, std, init_base)
         seed_piece(init_base, SEED_FLOW_HEAD)
         self.flow_head = build_flow_head(cfg)
@@ -64,7 +70,8 @@ class HydraModel(nn.Module):
         self.attn_path = resolve_attention(cfg.attention)
 
     def part_modules(self) -> dict:
-        return {"gen_vit": [self.patch, self.gen_vit], "gsb": [self.gsb], "sem_vit": [self.sem_vit],
+        sem = [self.sem_vit] + ([self.sem_cls] if self.sem_cls is not None else [])
+        return {"gen_vit": [self.patch, self.gen_vit], "gsb": [self.gsb], "sem_vit": sem,
                 "projector": [self.projector], "llm": [self.llm], "flow_head": [self.flow_head]}
 
     def apply_freeze(self, frozen) -> None:
@@ -83,11 +90,16 @@ class HydraModel(nn.Module):
         frozen = not any(p.requires_grad for p in self.gen_vit.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             h_mid = self.gen_vit(self.patch(images_B3HW))
+        # with a CLS token (InternViT) the GSB compresses the patch tokens only, as in HYDRA-TOK
+        h_mid = h_mid[:, int(self.cfg.vit.use_cls_token):]
         mu, _, _, _ = self.gsb.encode(h_mid, sample=False)
         return mu
 
     def visual_tokens(self, latent_BNC):
-        return self.projector(self.sem_vit(self.gsb.decode(latent_BNC)))
+        h = self.gsb.decode(latent_BNC)
+        if self.sem_cls is not None:  # Sem-ViT sees its CLS; the LLM gets the patch tokens
+            return self.projector(self.sem_vit(self.sem_cls(h))[:, 1:])
+        return self.projector(self.sem_vit(h))
 
     def flow_noise(self, sample_ids_B, noise_seed: int, mu_BNC):
         """(t [B], eps [B,N,C]) for rectified flow, one generator per sample."""

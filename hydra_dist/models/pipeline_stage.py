@@ -28,7 +28,7 @@ from hydra_dist.config.schema import ModelConfig
 from hydra_dist.ops.attention import make_mask, resolve_attention
 
 from .heads import merge_patches
-from .hydra import HydraModel, build_flow_head, build_vision
+from .hydra import HydraModel, build_flow_head, build_sem_cls, build_vision
 from .layers import RMSNorm, rope_cos_sin
 from .llm import (SEED_FLOW_HEAD, SEED_VISION, make_embed, make_layer, make_lm_head, ntp_loss,
                   seed_piece)
@@ -83,6 +83,7 @@ class HydraStage(nn.Module):
         if self.first:
             seed_piece(init_base, SEED_VISION)
             self.patch, self.gen_vit, self.gsb, self.sem_vit, self.projector = build_vision(mp, cfg)
+            self.sem_cls = build_sem_cls(cfg)
         self.llm = nn.Module()
         if self.first:
             self.llm.embed = make_embed(mp, cfg.llm, std, init_base)
@@ -106,10 +107,10 @@ class HydraStage(nn.Module):
 
     def part_modules(self) -> dict:
         """The parts this chunk holds (the optimizer's parameter groups)."""
-        names = {"gen_vit": ("patch", "gen_vit"), "gsb": ("gsb",), "sem_vit": ("sem_vit",),
+        names = {"gen_vit": ("patch", "gen_vit"), "gsb": ("gsb",), "sem_vit": ("sem_vit", "sem_cls"),
                  "projector": ("projector",), "llm": ("llm",), "flow_head": ("flow_head",)}
-        return {part: [getattr(self, a) for a in attrs] for part, attrs in names.items()
-                if all(hasattr(self, a) for a in attrs)}
+        return {part: [m for m in (getattr(self, a, None) for a in attrs) if m is not None]
+                for part, attrs in names.items() if hasattr(self, attrs[0])}
 
     def set_input_tensor(self, tensors) -> None:
         self.input_tensor = tensors[0] if isinstance(tensors, (list, tuple)) else tensors

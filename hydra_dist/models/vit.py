@@ -106,6 +106,17 @@ class ViTStack(nn.Module):
         return (x_BND, hidden) if return_all else x_BND
 
 
+class PrependToken(nn.Module):
+    """A learned token in front of a sequence (Sem-ViT's CLS: the GSB carries patch tokens only)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, x_BND):
+        return torch.cat([self.token.expand(x_BND.shape[0], -1, -1), x_BND], dim=1)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> linear -> (CLS in front) -> + learned positions."""
 

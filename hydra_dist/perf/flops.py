@@ -122,6 +122,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsRe
     tr = {p: p not in frozen for p in ("gen_vit", "gsb", "sem_vit", "projector", "llm", "flow_head")}
     grid = v.image_size // v.patch_size
     N, D, C = grid * grid, v.hidden_size, g.latent_channels
+    cls = int(v.use_cls_token)  # the ViT blocks see N + 1 tokens; GSB and projector N
     M = (grid // h.merge) ** 2
     rep = FlopsReport()
 
@@ -129,7 +130,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsRe
     # encoder only sees a backward when the GSB trains.
     enc_grad = tr["gsb"]
     patch = lin(I * N, 3 * v.patch_size ** 2, D)
-    blocks = v.gen_layers * vit_block_fwd(v, I, N)
+    blocks = v.gen_layers * vit_block_fwd(v, I, N + cls)
     gen_live = tr["gen_vit"] and enc_grad
     rep.add("gen_vit", patch + blocks, (patch + 2 * blocks) if gen_live else 0.0)
     enc = lin(I * N, D, 2 * C)
@@ -139,7 +140,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsRe
     dec = lin(I * N, C, D)
     rep.add("gsb", dec, _bwd(dec, tr["gsb"], live, dec))
     live = live or tr["gsb"]
-    sem = v.sem_layers * vit_block_fwd(v, I, N)
+    sem = v.sem_layers * vit_block_fwd(v, I, N + cls)
     rep.add("sem_vit", sem, _bwd(sem, tr["sem_vit"], live))
     live = live or tr["sem_vit"]
     proj = lin(I * M, D * h.merge ** 2, c.hidden_size) + lin(I * M, c.hidden_size, c.hidden_size)

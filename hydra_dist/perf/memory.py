@@ -53,7 +53,7 @@ def param_counts(model_cfg) -> dict:
     patch = Count(replicated=3 * v.patch_size ** 2 * D + D + n_patch * D + (2 * D if v.use_cls_token else 0))
     blk = _vit_block(v)
     gen = Count(patch.sharded + blk.sharded * v.gen_layers, patch.replicated + blk.replicated * v.gen_layers)
-    sem = Count(blk.sharded * v.sem_layers, blk.replicated * v.sem_layers)
+    sem = Count(blk.sharded * v.sem_layers, blk.replicated * v.sem_layers + (D if v.use_cls_token else 0))
     gsb = Count(replicated=D * 2 * C + 2 * C + C * D + D)
     k = D * h.merge ** 2
     proj = Count(sharded=k * H + H + H * H, replicated=2 * k + H)

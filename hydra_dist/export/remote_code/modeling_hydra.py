@@ -101,12 +101,28 @@ class PatchEmbed(nn.Module):
         n = (v["image_size"] // v["patch_size"]) ** 2
         self.proj = nn.Linear(3 * self.p * self.p, v["hidden_size"])
         self.pos = nn.Parameter(torch.zeros(1, n, v["hidden_size"]))
+        self.use_cls = v.get("use_cls_token", False)
+        if self.use_cls:  # InternViT: a CLS token with its own position in front of the patches
+            self.cls = nn.Parameter(torch.zeros(1, 1, v["hidden_size"]))
+            self.cls_pos = nn.Parameter(torch.zeros(1, 1, v["hidden_size"]))
 
     def forward(self, img):
         B, C, H, W = img.shape
         p = self.p
         x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
-        return self.proj(x.reshape(B, (H // p) * (W // p), C * p * p)) + self.pos
+        x = self.proj(x.reshape(B, (H // p) * (W // p), C * p * p)) + self.pos
+        if self.use_cls:
+            x = torch.cat([(self.cls + self.cls_pos).expand(B, -1, -1), x], dim=1)
+        return x
+
+
+class PrependToken(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, x):
+        return torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
 
 
 def make_norm(v, dim):
@@ -325,6 +341,8 @@ class HydraForPretraining(HydraPreTrainedModel):
         self.gen_vit = ViTStack(v, v["gen_layers"])
         self.gsb = GSB(v["gsb"], v["hidden_size"])
         self.sem_vit = ViTStack(v, v["sem_layers"])
+        # Sem-ViT's own CLS (the GSB carries patch tokens only)
+        self.sem_cls = PrependToken(v["hidden_size"]) if v.get("use_cls_token", False) else None
         if config.part == "all":
             self.projector = Projector(v["hidden_size"], c["hidden_size"], h["merge"])
             self.llm = QwenLM(c)
@@ -336,11 +354,15 @@ class HydraForPretraining(HydraPreTrainedModel):
     # HYDRA-TOK
     def encode_latent(self, images):
         """Clean GSB latent mu [B, N, C]."""
-        return self.gsb.encode_mu(self.gen_vit(self.patch(images.to(self.patch.proj.weight.dtype))))
+        h = self.gen_vit(self.patch(images.to(self.patch.proj.weight.dtype)))
+        return self.gsb.encode_mu(h[:, int(self.patch.use_cls):])
 
     def semantic_features(self, latent):
-        """Sem-ViT output for a (clean or noised) latent [B, N, D]."""
-        return self.sem_vit(self.gsb.decode(latent))
+        """Sem-ViT output for a (clean or noised) latent [B, N, D] (patch tokens; CLS dropped)."""
+        h = self.gsb.decode(latent)
+        if self.sem_cls is None:
+            return self.sem_vit(h)
+        return self.sem_vit(self.sem_cls(h))[:, 1:]
 
     # unified model
     def text_logits(self, input_ids, position_ids=None):

@@ -17,7 +17,7 @@ from hydra_dist.config.schema import RunConfig, ViTConfig
 
 from ..gsb import GSB
 from ..layers import mp_config
-from ..vit import PatchEmbed, ViTStack
+from ..vit import PatchEmbed, PrependToken, ViTStack
 from .decoder import PixelFlowDecoder
 
 ENCODER_PARTS = ("patch", "gen_vit", "gsb", "sem_vit", "sem_cls")
@@ -26,15 +26,6 @@ ENCODER_PARTS = ("patch", "gen_vit", "gsb", "sem_vit", "sem_cls")
 def per_sample_generator(noise_seed: int, sample_id: int) -> torch.Generator:
     # Noise keyed by (step seed, sample id): the same whatever the DP split or micro-batching.
     return torch.Generator().manual_seed(hash((int(noise_seed), int(sample_id))) % (2 ** 62))
-
-
-class PrependToken(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.token = nn.Parameter(torch.zeros(1, 1, dim))
-
-    def forward(self, x_BND):
-        return torch.cat([self.token.expand(x_BND.shape[0], -1, -1), x_BND], dim=1)
 
 
 class HydraTok(nn.Module):
