@@ -1,6 +1,6 @@
 """hydra-eval-shapes: does a model trained on the shapes-and-colours set learn both directions?
 
-  hydra-eval-shapes RUN [--decoder TOK_RUN] [--n 64]
+  hydra-eval-shapes RUN [--decoder TOK_RUN] [--n 64] [--grid generated.png]
 
 (a) understanding: greedy captions of held-out images; accuracy of the named shape colour,
     shape and background against the truth (chance: 1/8 colour, 1/3 shape).
@@ -42,7 +42,8 @@ def parse_caption(text: str) -> dict:
 
 
 def evaluate(model, tok, size: int, n: int, tok_model=None, steps: int = 20,
-             cfg_scale: float = 3.0) -> dict:
+             cfg_scale: float = 3.0, generated: list | None = None) -> dict:
+    """Accuracies; generated images (with their prompts) are appended to `generated`."""
     from hydra_dist.data.collate import image_to_tensor
     from hydra_dist.data.synthetic import make_sample
     from hydra_dist.models import sampling
@@ -58,6 +59,8 @@ def evaluate(model, tok, size: int, n: int, tok_model=None, steps: int = 20,
             noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(i))
             out = euler_sample(tok_model.decoder, mu, noise, steps)[0]
             hits["gen_bg"] += int(dominant_colour(out) == attrs["bg"])
+            if generated is not None:
+                generated.append((caption, out))
     res = {f"{k}_acc": v / n for k, v in hits.items() if k != "gen_bg" or tok_model is not None}
     res.update(n=n, chance_colour=1 / 8, chance_shape=1 / 3)
     return res
@@ -71,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg-scale", type=float, default=3.0)
+    ap.add_argument("--grid", help="write the first 16 generated images as one PNG (prompts printed)")
     args = ap.parse_args(argv)
     from hydra_dist.cli.generate import load_run
     from hydra_dist.data.tokenizer import load_tokenizer
@@ -83,8 +87,9 @@ def main(argv=None) -> int:
         if args.decoder:
             from hydra_dist.models.tokenizer.weights import load_tokenizer_run
             tok_model = load_tokenizer_run(args.decoder)
+        generated = []
         res = evaluate(model, load_tokenizer(cfg.data.tokenizer), cfg.model.vit.image_size,
-                       args.n, tok_model, args.steps, args.cfg_scale)
+                       args.n, tok_model, args.steps, args.cfg_scale, generated)
     finally:
         shutdown()
     print("| measure | accuracy | chance |\n| --- | --- | --- |")
@@ -92,7 +97,24 @@ def main(argv=None) -> int:
         if f"{k}_acc" in res:
             print(f"| {k} | {res[f'{k}_acc']:.3f} | {chance:.3f} |")
     print(json.dumps(res))
+    if args.grid and generated:
+        write_grid(generated[:16], args.grid)
     return 0
+
+
+def write_grid(generated: list, path: str, cols: int = 4) -> None:
+    """Images in rows of `cols` with a 2 px gap; prints the prompt of each cell."""
+    from hydra_dist.cli.generate import save_png
+    imgs = [img for _, img in generated]
+    _, H, W = imgs[0].shape
+    rows = (len(imgs) + cols - 1) // cols
+    grid = torch.ones(3, rows * (H + 2), cols * (W + 2))
+    for k, img in enumerate(imgs):
+        r, c = divmod(k, cols)
+        grid[:, r * (H + 2):r * (H + 2) + H, c * (W + 2):c * (W + 2) + W] = img
+    save_png(grid, path)
+    for k, (prompt, _) in enumerate(generated):
+        print(f"grid cell {k // cols},{k % cols}: {prompt}")
 
 
 if __name__ == "__main__":
