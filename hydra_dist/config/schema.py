@@ -333,9 +333,6 @@ def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
     if world_size % (p.tp * p.pp) != 0:
         errs.append(("parallel.tp", f"world size {world_size} is not divisible by "
                      f"tp*pp = {p.tp}*{p.pp}"))
-    if cfg.task == "tokenizer" and p.engine != "deepspeed":
-        errs.append(("parallel.engine", "HYDRA-TOK trains on the deepspeed engine (DP x TP, ZeRO); "
-                     "the megatron engine's pipeline stages are built for the unified model"))
     if p.engine == "deepspeed" and p.pp != 1:
         errs.append(("parallel.pp", "the deepspeed engine runs ZeRO over DP x TP only; "
                      "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism (use pp=1)"))
@@ -362,6 +359,8 @@ def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
     if p.zero_stage != 0:
         errs.append(("parallel.zero_stage", "the megatron engine does its own DP gradient "
                      "all-reduce (no ZeRO); set parallel.zero_stage=0"))
+    if cfg.task == "tokenizer":
+        return errs + _check_megatron_tokenizer(cfg)
     chunks = p.pp * max(p.virtual_pp, 1)
     if cfg.model.llm.num_layers % chunks:
         errs.append(("model.llm.num_layers", f"{cfg.model.llm.num_layers} layers do not split "
@@ -384,6 +383,33 @@ def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
                          "first and the last stage; not supported with pp > 1"))
     if p.virtual_pp > 1 and p.pp == 1:
         errs.append(("parallel.virtual_pp", "virtual pipeline stages need parallel.pp > 1"))
+    if p.precision != "fp32":
+        errs.append(("parallel.precision", "the megatron engine runs fp32 only so far"))
+    return errs
+
+
+def _check_megatron_tokenizer(cfg: RunConfig) -> list[tuple[str, str]]:
+    """HYDRA-TOK on the megatron engine (models/tokenizer/pipeline_stage.py): the stage-1
+    objective (FM + reg + distillation) over pp stages, tp = 1, fp32 (docs/parallelism.md)."""
+    p, t, errs = cfg.parallel, cfg.tokenizer, []
+    if p.tp != 1:
+        errs.append(("parallel.tp", "HYDRA-TOK on the megatron engine runs tp=1 only so far "
+                     "(use parallel.engine=deepspeed for TP)"))
+    if p.virtual_pp != 1:
+        errs.append(("parallel.virtual_pp", "HYDRA-TOK's pipeline has one stage per rank "
+                     "(interleaving is not wired); use virtual_pp=1"))
+    if t.decoder.num_layers % p.pp:
+        errs.append(("tokenizer.decoder.num_layers", f"{t.decoder.num_layers} decoder blocks do "
+                     f"not split evenly over parallel.pp={p.pp} stages"))
+    if p.pp > 1 and p.grad_accum < p.pp:
+        errs.append(("parallel.grad_accum", f"{p.grad_accum} micro-batches per step are fewer "
+                     f"than the {p.pp} pipeline stages; use grad_accum >= pp"))
+    # LPIPS and the GAN read x0_pred on the last stage but carry networks and (GAN) an optimizer
+    # of their own: not wired into the pipeline stages yet.
+    for key, val in (("lpips", t.weights.lpips), ("gan", t.weights.gan)):
+        if val > 0:
+            errs.append((f"tokenizer.weights.{key}", f"{val} > 0 is not supported with "
+                         "parallel.engine=megatron (use the deepspeed engine, or 0)"))
     if p.precision != "fp32":
         errs.append(("parallel.precision", "the megatron engine runs fp32 only so far"))
     return errs

@@ -38,8 +38,10 @@ def schedule_config(cfg: RunConfig):
     # built from models/layers.py's config, not from this one.
     from megatron.core.transformer.transformer_config import TransformerConfig
     p, llm = cfg.parallel, cfg.model.llm
+    # p2p buffers are (seq, micro_batch, hidden_size): HYDRA-TOK's stages send decoder tokens
+    shape = (cfg.tokenizer.decoder if cfg.task == "tokenizer" else llm)
     return TransformerConfig(
-        num_layers=llm.num_layers, hidden_size=llm.hidden_size, num_attention_heads=llm.num_heads,
+        num_layers=shape.num_layers, hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads,
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp if p.virtual_pp > 1 else None,
         pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
@@ -80,6 +82,8 @@ class MegatronEngine:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.grad_norm = 0.0
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # the loss terms a stage's forward returns (HydraStage: loss, ntp, fm; TokStage more)
+        self.metric_keys = getattr(chunks[0], "metric_keys", ("loss", "ntp", "fm"))
 
     @property
     def module(self):
@@ -90,15 +94,25 @@ class MegatronEngine:
                    nan_from_micro=None) -> dict:
         """Forward/backward over the micro-batches and the optimizer step. Returns, valid on
         every rank: acc (loss terms summed over micro-batches and DP ranks, as train/step.py's
-        deepspeed_step), the step's mean loss / ntp / fm, grad_norm (before clipping), skipped."""
+        deepspeed_step), the step's mean of each metric key (loss / ntp / fm for the unified
+        model), grad_norm (before clipping), skipped."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
         p = self.cfg.parallel
         rows = p.micro_batch_size
-        batches = [pad_rows(b, rows) for b in batches]
-        S = batches[0]["input_ids"].shape[1]
-        if any(b["input_ids"].shape[1] != S for b in batches):
-            raise ValueError("micro-batches of one step differ in length: the pipeline needs "
-                             "fixed shapes (data.pack_tokens=0)")
+        keys = self.metric_keys
+        if self.cfg.task == "tokenizer":  # images only: fixed shapes already
+            from hydra_dist.models.tokenizer.pipeline_stage import seq_length
+            seq = seq_length(self.cfg)
+            if any(b["images"].shape[0] != rows for b in batches):
+                raise ValueError(f"every micro-batch must hold parallel.micro_batch_size={rows} "
+                                 "images (pipeline p2p shapes are fixed)")
+        else:
+            batches = [pad_rows(b, rows) for b in batches]
+            S = batches[0]["input_ids"].shape[1]
+            if any(b["input_ids"].shape[1] != S for b in batches):
+                raise ValueError("micro-batches of one step differ in length: the pipeline needs "
+                                 "fixed shapes (data.pack_tokens=0)")
+            seq = S + payload_rows(self.cfg.model)
         for prm in self.params:
             prm.grad = None
         counter = {"micro": 0}
@@ -108,7 +122,7 @@ class MegatronEngine:
             if nan_from_micro is not None and counter["micro"] >= nan_from_micro:
                 loss = loss * float("nan")  # fault-injection tests only
             counter["micro"] += 1
-            return loss, {"loss": loss.detach().clone(), "ntp": out["ntp"], "fm": out["fm"]}
+            return loss, {"loss": loss.detach().clone(), **{k: out[k] for k in keys[1:]}}
 
         def forward_step(data_iterator, model):
             return model(next(data_iterator), noise_seed, ntp_den, fm_den), loss_func
@@ -118,11 +132,11 @@ class MegatronEngine:
         stored = fb(forward_step_func=forward_step,
                     data_iterator=[iter(batches) for _ in chunks] if len(chunks) > 1 else iter(batches),
                     model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=len(batches),
-                    seq_length=S + payload_rows(self.cfg.model), micro_batch_size=rows,
+                    seq_length=seq, micro_batch_size=rows,
                     forward_only=False)
-        acc = torch.zeros(3, dtype=torch.float64, device=self.device)
+        acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         for d in stored or []:
-            acc += torch.stack([d["loss"], d["ntp"], d["fm"]]).double()
+            acc += torch.stack([d[k].reshape(()).double() for k in keys])
         if p.pp > 1:  # the last stage holds the losses: give them to every stage
             dist.all_reduce(acc, group=ps.get_pipeline_model_parallel_group())
         dist.all_reduce(acc, group=ps.get_data_parallel_group())
@@ -130,14 +144,13 @@ class MegatronEngine:
         if not torch.isfinite(acc).all():  # identical on every rank: all skip together
             for prm in self.params:
                 prm.grad = None
-            return {"acc": torch.full((3,), float("nan"), dtype=torch.float64), "skipped": True}
+            return {"acc": torch.full((len(keys),), float("nan"), dtype=torch.float64), "skipped": True}
         self._reduce_grads()
         self.grad_norm = self._clip(self.cfg.train.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         mean = (acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()
-        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm,
-                "loss": mean[0], "ntp": mean[1], "fm": mean[2]}
+        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm, **dict(zip(keys, mean))}
 
     def _reduce_grads(self) -> None:
         """Average gradients over DP (one flat buffer: one collective per step)."""
@@ -226,13 +239,18 @@ def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
         raise ValueError("model.init_from / model.tokenizer_from are not supported by the "
                          "megatron engine yet (use parallel.engine=deepspeed)")
     device = torch.device("cuda", layout.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    torch.manual_seed(cfg.train.seed)
-    init_base = init_base_seed()
-    sched = schedule_config(cfg)
-    mp = mp_config()
-    n = p.pp * p.virtual_pp
-    chunks = [HydraStage(m, mp, v * p.pp + layout.pp_rank, n, init_base, sched, vp_stage=v)
-              for v in range(p.virtual_pp)]
+    if cfg.task == "tokenizer":  # HYDRA-TOK: its own stages (seeded by the trainer's build_parts)
+        from hydra_dist.models.tokenizer.pipeline_stage import build_tok_stages
+        chunks = build_tok_stages(cfg, layout, schedule_config(cfg))
+        chunks[0].move_teacher(device)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        init_base = init_base_seed()
+        sched = schedule_config(cfg)
+        mp = mp_config()
+        n = p.pp * p.virtual_pp
+        chunks = [HydraStage(m, mp, v * p.pp + layout.pp_rank, n, init_base, sched, vp_stage=v)
+                  for v in range(p.virtual_pp)]
     for c in chunks:
         c.checkpointing = p.activation_checkpointing
         c.to(device)

@@ -2,8 +2,10 @@
 
 Stage 1: everything trains; L_FM + L_reg + L_dist (+ LPIPS / GAN by their weights).
 Stage 2: the encoder (patch, Gen-ViT, GSB, Sem-ViT) is frozen, no distillation, GAN on.
-The tokenizer is one DeepSpeed engine (ZeRO over DP, megatron TP layers inside). The frozen
-teacher and LPIPS live outside it. The patch discriminator is small and replicated: a plain
+The tokenizer is one DeepSpeed engine (ZeRO over DP, megatron TP layers inside), or, with
+parallel.engine=megatron, pipeline stages (models/tokenizer/pipeline_stage.py: stage 1's FM + reg
++ distillation; the engine steps over the micro-batches itself). The frozen teacher and LPIPS
+live outside the DeepSpeed engine. The patch discriminator is small and replicated: a plain
 torch AdamW whose grads are averaged over the DP group by hand; its state rides in the
 checkpoint as extra_state.pt. Runs end with <run>/tokenizer.pt (full tensors, any TP) and a
 held-out reconstruction check (eval.json, recon_grid.png) before and after training.
@@ -101,6 +103,14 @@ def evaluate(model, cfg: RunConfig, images, grid_path=None) -> dict:
     return {"psnr": psnr(rec, images).mean().item(), "ssim": ssim(rec, images).mean().item()}
 
 
+def whole(engine, cfg: RunConfig):
+    """The whole tokenizer: the DeepSpeed engine's module, or the pipeline stages gathered."""
+    if cfg.parallel.engine != "megatron":
+        return engine.module
+    from hydra_dist.models.tokenizer.pipeline_stage import gather_whole
+    return gather_whole(engine, cfg)
+
+
 def train(cfg: RunConfig) -> dict:
     p = cfg.parallel
     layout = init_distributed(p.tp, p.pp, p.timeout_s, p.backend)
@@ -125,10 +135,15 @@ def _train(cfg: RunConfig, layout) -> dict:
         write_resolved(cfg, run_dir)
     dist.barrier()
     data_path = prepare_data(cfg, run_dir, layout)
-    model, teacher, lpips, disc = build_parts(cfg)
-    engine = build_deepspeed(model, cfg)
+    piped = cfg.parallel.engine == "megatron"
+    if piped:  # stages build their own parts (teacher on the first; LPIPS/GAN refused by config)
+        from hydra_dist.parallel.megatron_engine import build_megatron
+        engine, teacher, lpips, disc = build_megatron(cfg, layout), None, None, None
+    else:
+        model, teacher, lpips, disc = build_parts(cfg)
+        engine = build_deepspeed(model, cfg)
     device = engine.device
-    objective = TokenizerObjective(cfg, teacher, lpips).to(device)
+    objective = None if piped else TokenizerObjective(cfg, teacher, lpips).to(device)
     d_opt = None
     if disc is not None:
         disc.to(device)
@@ -155,7 +170,7 @@ def _train(cfg: RunConfig, layout) -> dict:
         tracker.set_tags({**run_tags(cfg, layout), "task": "tokenizer"})
         tracker.log_artifact(str(run_dir / "config.yaml"))
         if eval_imgs is not None:
-            evals["start"] = evaluate(engine.module, cfg, eval_imgs)
+            evals["start"] = evaluate(whole(engine, cfg), cfg, eval_imgs)
             log.info("held-out reconstruction before training: %s", evals["start"])
     keys = ["loss", "fm", "reg", "kl", "cos"] + (["dist"] if w.dist > 0 else []) + \
         (["lpips"] if lpips else []) + (["gan_g", "gan_d"] if disc else [])
@@ -167,7 +182,14 @@ def _train(cfg: RunConfig, layout) -> dict:
         t0 = time.perf_counter()
         gan_on = disc is not None and step >= t.gan.start_step
         acc = dict.fromkeys(keys, 0.0)
-        for _ in range(ga):
+        if piped:  # one call: megatron's schedule runs the ga micro-batches through the stages
+            r = engine.train_step([_to_device(next(loader), device) for _ in range(ga)],
+                                  _noise_seed(cfg.train.seed, step), 0.0, 0.0)
+            if r["skipped"]:
+                log.warning("step %d: non-finite loss, update skipped", step + 1)
+            # r holds the global means on every rank; the DP all-reduce below sums dp copies
+            acc = {k: float("nan") if r["skipped"] else r[k] for k in keys}
+        for _ in range(0 if piped else ga):
             batch = _to_device(next(loader), device)
             out = engine(batch, noise_seed=_noise_seed(cfg.train.seed, step), semantic=semantic)
             loss, parts = objective.generator(out, batch["images"], disc if gan_on else None)
@@ -195,7 +217,8 @@ def _train(cfg: RunConfig, layout) -> dict:
         m = {k: v / layout.dp for k, v in zip(keys, vec.tolist())}
         m.update(grad_norm=float(engine.get_global_grad_norm() or 0.0), step_time_s=dt,
                  samples_per_s=g_samples / dt, consumed_samples=state["consumed_samples"])
-        for i, lr in enumerate(engine.get_lr()):
+        lrs = [g["lr"] for g in engine.optimizer.param_groups] if piped else engine.get_lr()
+        for i, lr in enumerate(lrs):
             m[f"lr_group{i}"] = lr
         history.append(m)
         if layout.holds_loss and step % cfg.train.log_every == 0:
@@ -217,10 +240,11 @@ def _train(cfg: RunConfig, layout) -> dict:
             break
     finished = step >= cfg.train.steps
     if finished:
-        save_tokenizer(engine.module, run_dir / "tokenizer.pt", cfg.parallel.zero_stage,
+        final = whole(engine, cfg)
+        save_tokenizer(final, run_dir / "tokenizer.pt", 0 if piped else cfg.parallel.zero_stage,
                        {"stage": t.stage, "step": step, "config": to_dict(cfg)})
         if eval_imgs is not None:
-            evals["end"] = evaluate(engine.module, cfg, eval_imgs, run_dir / "recon_grid.png")
+            evals["end"] = evaluate(final, cfg, eval_imgs, run_dir / "recon_grid.png")
             log.info("held-out reconstruction after training: %s", evals["end"])
             if layout.holds_loss:
                 tracker.log_metrics({f"eval_{k}": v for k, v in evals["end"].items()}, step)

@@ -115,7 +115,15 @@ def test_stage_configs_carry_the_papers_schedule():
         load_config(f"configs/unified/{tiny}.yaml", world_size=2)
 
 
-def test_tokenizer_refuses_the_megatron_engine():
-    with pytest.raises(ConfigError, match=r"parallel\.engine: HYDRA-TOK trains on the deepspeed engine"):
-        load_config("configs/tokenizer/tiny_stage1.yaml",
-                    ["parallel.engine=megatron", "parallel.zero_stage=0"], world_size=2)
+def test_tokenizer_on_the_megatron_engine_only_where_supported():
+    base = ["parallel.engine=megatron", "parallel.zero_stage=0", "parallel.grad_accum=4"]
+    cfg = load_config("configs/tokenizer/tiny_stage1.yaml", base + ["parallel.pp=2"], world_size=2)
+    assert cfg.parallel.pp == 2
+    for extra, key in ((["parallel.tp=2"], r"parallel\.tp"),
+                       (["parallel.pp=2", "tokenizer.weights.gan=0.1"], r"tokenizer\.weights\.gan"),
+                       (["parallel.pp=2", "parallel.grad_accum=1"], r"parallel\.grad_accum"),
+                       (["parallel.pp=2", "parallel.virtual_pp=2"], r"parallel\.virtual_pp"),
+                       (["parallel.pp=2", "tokenizer.decoder.num_layers=3"],
+                        r"tokenizer\.decoder\.num_layers")):
+        with pytest.raises(ConfigError, match=key):
+            load_config("configs/tokenizer/tiny_stage1.yaml", base + extra, world_size=2)
