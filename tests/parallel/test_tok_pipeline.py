@@ -1,5 +1,5 @@
-"""HYDRA-TOK on the megatron engine: PP=2 (1F1B, 4 micro-batches) and pp=1 match one process
-(real gloo groups): first-step loss parts, every gradient and a 5-step loss trajectory.
+"""HYDRA-TOK on the megatron engine: PP=2 (1F1B, 4 micro-batches), pp=1 and PP2 x DP2 match one
+process (real gloo groups): first-step loss parts, every gradient and a 5-step loss trajectory.
 
 Tolerances (fp32): each micro-batch runs the same operations as HydraTok.forward +
 TokenizerObjective.generator; what differs is summation order (reg + dist are added to the
@@ -54,3 +54,9 @@ def test_tok_pp2_equals_single_process(tmp_path):
 @pytest.mark.slow
 def test_tok_no_pipelining_engine_equals_single_process(tmp_path):
     assert_same(*run(tmp_path, 1, 1))
+
+
+@pytest.mark.slow
+def test_tok_pp2_dp2_four_processes_equals_single_process(tmp_path):
+    # each DP rank takes one image of every 2-image micro-batch; the engine averages over DP
+    assert_same(*run(tmp_path, 4, 2))

@@ -4,7 +4,8 @@ parallel.pp=PP ("got") and of one process ("ref": plain forward/backward over th
 micro-batches, torch AdamW, clip_grad_norm_). Rank 0 computes the reference itself after the
 engine run (tp = 1: it needs no collective), which saves a second torchrun start; it saves both.
 
-argv: OUT_FILE PP STEPS. Both see the same MICRO micro-batches of MBS images.
+argv: OUT_FILE PP STEPS. Both see the same MICRO micro-batches of MBS images; with
+DP = world / PP > 1, DP rank r takes its slice of each micro-batch.
 """
 import sys
 import warnings
@@ -93,11 +94,13 @@ def main():
     world = int(__import__("os").environ["WORLD_SIZE"])
     cfg = load_config("configs/tokenizer/tiny_stage1.yaml",
                       ["parallel.engine=megatron", "parallel.zero_stage=0", f"parallel.pp={pp}",
-                       f"parallel.micro_batch_size={MBS}", f"parallel.grad_accum={MICRO}",
+                       f"parallel.micro_batch_size={MBS * pp // world}", f"parallel.grad_accum={MICRO}",
                        "train.optim.warmup_steps=0"], world_size=world)
     layout = init_distributed(1, pp, 120, "gloo")
     batches = micro_batches(cfg)
-    got = engine_run(cfg, layout, batches, steps)
+    n, r = MBS // layout.dp, layout.dp_rank
+    mine = [{k: v[r * n:(r + 1) * n] for k, v in b.items()} for b in batches]
+    got = engine_run(cfg, layout, mine, steps)
     if dist.get_rank() == 0:
         torch.save({"got": got, "ref": reference(cfg, batches, steps)}, out_file)
     shutdown()
