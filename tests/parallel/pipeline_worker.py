@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from equivalence_worker import full_grad  # same directory: torchrun puts it on sys.path
+from pipeline_common import gather_stages
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 MICRO, MBS = 4, 2
@@ -86,15 +87,8 @@ def engine_run(cfg, layout, batches, dens, steps):
             first = {k: v / len(batches) for k, v in zip(("loss", "ntp", "fm"), r["acc"].tolist())}
             first["grad_norm"] = r["grad_norm"]
         traj.append(r["acc"][0].item() / len(batches))
-    names = sorted(n.split(".", 1)[1] for n, _ in engine.model.chunks.named_parameters())
-    mine = {"grads": grads if layout.tp_rank == 0 else {}, "names": {(layout.pp_rank, layout.tp_rank): names}}
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, mine)
-    res = {"grads": {}, "names": {}, "trajectory": traj, **first}
-    for m in everyone:
-        res["grads"].update(m["grads"])
-        res["names"].update(m["names"])
-    return res
+    return gather_stages(engine, grads if layout.tp_rank == 0 else {},
+                         (layout.pp_rank, layout.tp_rank), traj, first)
 
 
 def main():

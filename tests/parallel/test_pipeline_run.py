@@ -1,18 +1,14 @@
 """A real 2-process `hydra-pretrain` run with the megatron engine under PP=2 (1F1B): losses
 fall, every stage writes its safetensors shard, and an interrupted run resumes exactly."""
-import json
 
 import pytest
 
 from launch import run_torchrun
+from pipeline_common import assert_resumes_exactly, metrics
 
 ARGS = ["configs/tiny_cpu.yaml", "parallel.engine=megatron", "parallel.pp=2",
         "parallel.zero_stage=0", "parallel.grad_accum=4", "train.steps=4", "checkpoint.every=2",
         "data.synthetic.num_samples=256", "tracking.enabled=false"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -28,13 +24,4 @@ def test_pp2_pretrain_run_falls_checkpoints_and_resumes_exactly(tmp_path):
                                                             "model_pp01_tp00.safetensors"]
     assert (ck / "manifest.json").is_file()
 
-    res = run_torchrun(2, ARGS + [f"output_dir={b}", "train.stop_at_step=2"], timeout=400)
-    assert res.returncode == 0, res.stdout[-4000:]
-    res = run_torchrun(2, ARGS + [f"output_dir={b}"], timeout=400)
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert "resumed from" in res.stdout
-    mb = metrics(b)
-    assert [m["step"] for m in mb] == [1, 2, 3, 4]
-    for x, y in zip(ma, mb):
-        for key in ("loss", "ntp_loss", "fm_loss"):
-            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
+    assert_resumes_exactly(ARGS, b, ma, ("loss", "ntp_loss", "fm_loss"))

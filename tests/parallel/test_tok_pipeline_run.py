@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from launch import run_torchrun
+from pipeline_common import assert_resumes_exactly, metrics
 
 ARGS = ["configs/tokenizer/tiny_stage1.yaml", "parallel.engine=megatron", "parallel.pp=2",
         "parallel.zero_stage=0", "parallel.micro_batch_size=4", "parallel.grad_accum=2",
         "train.steps=4", "checkpoint.every=2", "data.synthetic.num_samples=64",
         "tokenizer.eval_images=2", "tokenizer.ode_steps=2", "tracking.enabled=false"]
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -37,13 +34,4 @@ def test_tok_pp2_run_checkpoints_resumes_and_writes_the_whole_tokenizer(tmp_path
     assert set(sd) == names
     assert set(json.loads((a / "eval.json").read_text())) == {"start", "end"}
 
-    res = run_torchrun(2, ARGS + [f"output_dir={b}", "train.stop_at_step=2"], timeout=400)
-    assert res.returncode == 0, res.stdout[-4000:]
-    res = run_torchrun(2, ARGS + [f"output_dir={b}"], timeout=400)
-    assert res.returncode == 0, res.stdout[-4000:]
-    assert "resumed from" in res.stdout
-    mb = metrics(b)
-    assert [m["step"] for m in mb] == [1, 2, 3, 4]
-    for x, y in zip(ma, mb):
-        for key in ("loss", "fm", "reg", "dist"):
-            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
+    assert_resumes_exactly(ARGS, b, ma, ("loss", "fm", "reg", "dist"))

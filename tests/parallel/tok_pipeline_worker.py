@@ -13,6 +13,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from pipeline_common import gather_stages  # same directory: on sys.path under torchrun
+
 warnings.filterwarnings("ignore", category=FutureWarning)
 MICRO, MBS = 4, 2
 KEYS = ("loss", "fm", "reg", "dist", "kl", "cos")
@@ -77,14 +79,7 @@ def engine_run(cfg, layout, batches, steps):
             first = {k: r[k] for k in KEYS}
             first["grad_norm"] = r["grad_norm"]
         traj.append(r["loss"])
-    names = sorted(n.split(".", 1)[1] for n, _ in engine.model.chunks.named_parameters())
-    everyone = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, {"grads": grads, "names": {layout.pp_rank: names}})
-    res = {"grads": {}, "names": {}, "trajectory": traj, **first}
-    for m in everyone:
-        res["grads"].update(m["grads"])
-        res["names"].update(m["names"])
-    return res
+    return gather_stages(engine, grads, layout.pp_rank, traj, first)
 
 
 def main():

@@ -84,9 +84,9 @@ class HydraTok(nn.Module):
         return torch.cat(ts).to(like_B3HW), torch.stack(epss).to(like_B3HW)
 
     # --- training forward --------------------------------------------------------------
-    def forward(self, batch: dict, noise_seed: int = 0, semantic: bool = True) -> dict:
-        """Flow matching and GSB regulariser on a batch {images [B,3,H,W] in [-1,1], sample_ids [B]}.
-        semantic: also run Sem-ViT (its hidden states are only needed for distillation)."""
+    def encode_for_decoder(self, batch: dict, noise_seed: int, semantic: bool):
+        """The encoder side of a training step (shared with the pipeline's first stage):
+        -> (images, {gen_hidden, sem_hidden, mu, z, reg, kl, cos, t, eps, x_t})."""
         x = batch["images"].to(self.patch.proj.weight.dtype)
         ids = batch["sample_ids"]
         enc_frozen = not self.gsb.proj.weight.requires_grad
@@ -97,7 +97,17 @@ class HydraTok(nn.Module):
             l_reg, l_kl, l_cos = self.gsb.reg_loss(h_mid, h_bn, kl)
         t, eps = self.flow_noise(ids, noise_seed + 1, x)
         tt = t[:, None, None, None]
-        x_t = (1 - tt) * x + tt * eps
+        return x, {"gen_hidden": gen_hidden, "sem_hidden": sem_hidden, "mu": mu, "z": z,
+                   "reg": l_reg, "kl": l_kl, "cos": l_cos, "t": t, "eps": eps,
+                   "x_t": (1 - tt) * x + tt * eps}
+
+    def forward(self, batch: dict, noise_seed: int = 0, semantic: bool = True) -> dict:
+        """Flow matching and GSB regulariser on a batch {images [B,3,H,W] in [-1,1], sample_ids [B]}.
+        semantic: also run Sem-ViT (its hidden states are only needed for distillation)."""
+        x, e = self.encode_for_decoder(batch, noise_seed, semantic)
+        gen_hidden, sem_hidden, mu, z = e["gen_hidden"], e["sem_hidden"], e["mu"], e["z"]
+        l_reg, l_kl, l_cos, t, eps, x_t = e["reg"], e["kl"], e["cos"], e["t"], e["eps"], e["x_t"]
+        tt = t[:, None, None, None]
         v_pred = self.decoder(x_t, t, z)
         l_fm = (v_pred.float() - (eps - x).float()).pow(2).mean()
         return {"fm": l_fm, "reg": l_reg, "kl": l_kl.detach(), "cos": l_cos.detach(),

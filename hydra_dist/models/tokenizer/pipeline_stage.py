@@ -86,6 +86,7 @@ class TokStage(nn.Module):
     encode = HydraTok.encode
     semantic = HydraTok.semantic
     flow_noise = HydraTok.flow_noise
+    encode_for_decoder = HydraTok.encode_for_decoder
 
     def part_modules(self) -> dict:
         return {"all": [self]}  # HydraTok has one optimizer part (param_groups' "all")
@@ -129,17 +130,9 @@ class TokStage(nn.Module):
     def _encode(self, batch, noise_seed):
         """HydraTok.forward up to the decoder blocks, plus the regulariser/distillation payload."""
         w = self.cfg.tokenizer.weights
-        x = batch["images"].to(self.patch.proj.weight.dtype)
-        ids = batch["sample_ids"]
-        enc_frozen = not self.gsb.proj.weight.requires_grad
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not enc_frozen):
-            h_mid, gen_hidden, mu, logvar, z, kl = self.encode(
-                x, sample=self.tok_cfg.decoder_condition == "z", noise_seed=noise_seed, sample_ids=ids)
-            h_bn, sem_hidden = self.semantic(mu) if self.semantic_on else (self.gsb.decode(mu), [])
-            l_reg, l_kl, l_cos = self.gsb.reg_loss(h_mid, h_bn, kl)
-        t, eps = self.flow_noise(ids, noise_seed + 1, x)
-        tt = t[:, None, None, None]
-        x_t = (1 - tt) * x + tt * eps
+        _, e = self.encode_for_decoder(batch, noise_seed, self.semantic_on)
+        gen_hidden, sem_hidden, z, t, x_t = e["gen_hidden"], e["sem_hidden"], e["z"], e["t"], e["x_t"]
+        l_reg, l_kl, l_cos = e["reg"], e["kl"], e["cos"]
         d = self.decoder
         c = d.time(t)
         h = d.inp(patchify(x_t, self.p)) + d.cond(z) + d.pos

@@ -1,0 +1,49 @@
+"""What the pipeline tests of both models share: comparing a run with its one-process
+reference, gathering per-stage results in the workers, and the interrupted-run resume check."""
+import json
+
+import pytest
+import torch
+
+
+def assert_same(ref, got, keys):
+    """Loss parts (`keys`), grad norm, every gradient and the loss trajectory, fp32 tolerances."""
+    for k in keys:
+        assert got[k] == pytest.approx(ref[k], rel=1e-5, abs=1e-6), k
+    assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+    assert ref["grads"].keys() == got["grads"].keys()
+    for n, g in ref["grads"].items():
+        torch.testing.assert_close(got["grads"][n], g, rtol=1e-4, atol=2e-5, msg=n)
+    assert got["trajectory"] == pytest.approx(ref["trajectory"], rel=1e-4, abs=1e-5)
+
+
+def gather_stages(engine, mine: dict, key, traj: list, first: dict) -> dict:
+    """Worker side: every rank's gradients and parameter names (under `key`) in one result."""
+    import torch.distributed as dist
+    names = sorted(n.split(".", 1)[1] for n, _ in engine.model.chunks.named_parameters())
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, {"grads": mine, "names": {key: names}})
+    res = {"grads": {}, "names": {}, "trajectory": traj, **first}
+    for m in everyone:
+        res["grads"].update(m["grads"])
+        res["names"].update(m["names"])
+    return res
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_resumes_exactly(args, run_dir, straight, keys):
+    """Stop a fresh run at step 2, resume it, and match the uninterrupted run's metrics."""
+    from launch import run_torchrun  # tests/ (pytest's path); the workers never need it
+    res = run_torchrun(2, args + [f"output_dir={run_dir}", "train.stop_at_step=2"], timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:]
+    res = run_torchrun(2, args + [f"output_dir={run_dir}"], timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "resumed from" in res.stdout
+    resumed = metrics(run_dir)
+    assert [m["step"] for m in resumed] == [m["step"] for m in straight]
+    for x, y in zip(straight, resumed):
+        for key in keys:
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-7), (x["step"], key)
