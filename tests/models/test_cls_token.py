@@ -8,7 +8,8 @@ import torch
 
 from hydra_dist.config import load_config
 
-CLS = ["model.vit.use_cls_token=true", "model.vit.layer_scale_init=0.1"]
+CLS = ["model.vit.use_cls_token=true", "model.vit.layer_scale_init=0.1",
+       "model.head.latent_skip=true"]  # the exported code's skip path is checked here too
 
 
 def _images(n=3):

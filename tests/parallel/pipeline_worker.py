@@ -97,7 +97,8 @@ def main():
     from hydra_dist.config import load_config
     from hydra_dist.distributed.init import init_distributed, shutdown
     world = int(__import__("os").environ["WORLD_SIZE"])
-    cfg = load_config(None, ["model.freeze=[gen_vit]", "model.llm.num_layers=4",
+    # latent_skip on: x_t travels in the payload too (the export-layout tests cover it off)
+    cfg = load_config(None, ["model.freeze=[gen_vit]", "model.llm.num_layers=4", "model.head.latent_skip=true",
                              "parallel.engine=megatron", f"parallel.tp={tp}", f"parallel.pp={pp}",
                              f"parallel.virtual_pp={vp}", "parallel.zero_stage=0",
                              f"parallel.micro_batch_size={MBS}", f"parallel.grad_accum={MICRO}",

@@ -5,7 +5,7 @@ DEFAULT_VISION = {"image_size": 32, "patch_size": 4, "hidden_size": 64, "num_hea
                   "mlp_size": 256, "gen_layers": 2, "sem_layers": 2, "norm_eps": 1e-6,
                   "gsb": {"latent_channels": 16, "logvar_min": -30.0, "logvar_max": 20.0}}
 DEFAULT_HEAD = {"merge": 2, "flow_head_layers": 2, "flow_head_hidden": 256, "time_embed_dim": 128,
-                "latent_skip": True}
+                "latent_skip": False}
 
 
 class HydraConfig(PretrainedConfig):
