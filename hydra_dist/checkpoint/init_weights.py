@@ -55,9 +55,11 @@ def _tp():
 
 
 @torch.no_grad()
-def load_initial_weights(model: torch.nn.Module, cfg) -> Optional[dict]:
+def load_initial_weights(model: torch.nn.Module, cfg, model_names=None) -> Optional[dict]:
     """Load cfg.model.init_from (RunConfig) or cfg.init_from (ModelConfig) into `model` in place.
-    Returns None when init_from is empty, else {"loaded": [...], "kept_init": [...]}."""
+    model_names: every parameter name of the whole model when `model` is one pipeline chunk
+    (megatron engine): the source is checked against the whole model, and the chunk takes the
+    tensors it holds. Returns None when init_from is empty, else {"loaded", "kept_init"}."""
     from hydra_dist.export.partition import split_tp
     from hydra_dist.export.qwen_map import VOCAB_TENSORS
     mcfg = getattr(cfg, "model", cfg)
@@ -68,16 +70,18 @@ def load_initial_weights(model: torch.nn.Module, cfg) -> Optional[dict]:
     if not any(k.startswith("llm.") for k in tensors):
         raise ValueError(f"model.init_from: {src} holds no llm.* weights")
     params = dict(model.named_parameters())
-    unexpected = sorted(set(tensors) - set(params) - {"llm.lm_head.weight"})
+    known = set(params) if model_names is None else set(model_names)
+    unexpected = sorted(set(tensors) - known - {"llm.lm_head.weight"})
     if unexpected:
         raise ValueError(f"model.init_from: {src} has tensors the model lacks: {unexpected[:8]}"
                          + (" (is model.llm.tie_word_embeddings right?)" if "llm.lm_head.weight" in unexpected else ""))
-    if "llm.lm_head.weight" in tensors and "llm.lm_head.weight" not in params:
+    if "llm.lm_head.weight" in tensors and "llm.lm_head.weight" not in known:
         raise ValueError(f"model.init_from: {src} has a separate lm_head but model.llm."
                          "tie_word_embeddings=true would drop it")
     if "llm.lm_head.weight" in params and "llm.lm_head.weight" not in tensors and "llm.embed.weight" in tensors:
         tensors["llm.lm_head.weight"] = tensors["llm.embed.weight"]  # tied source, untied model
         log.info("model.init_from: lm_head initialised from the (tied) input embedding")
+    tensors = {k: v for k, v in tensors.items() if k in params}  # this chunk's share
     tp, rank = _tp()
     loaded = []
     for name, load in tensors.items():

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from hydra_dist.config.schema import RunConfig
-from hydra_dist.models.hydra import init_base_seed
+from hydra_dist.models.hydra import HydraModel, init_base_seed
 from hydra_dist.models.layers import mp_config
 from hydra_dist.models.pipeline_stage import HydraStage, pad_rows, payload_rows
 from hydra_dist.parallel.deepspeed_engine import lr_lambda, param_groups
@@ -232,12 +232,28 @@ class MegatronEngine:
         return str(folder), {}
 
 
+def load_pretrained(chunks, m) -> None:
+    """model.init_from (Qwen weights) and model.tokenizer_from (vision tower) into this rank's
+    chunks: each takes the tensors it holds, TP-sliced; the source is checked against the whole
+    model's names (built on the meta device), so a wrong source fails on every rank alike."""
+    if not (m.init_from or m.tokenizer_from):
+        return
+    from hydra_dist.checkpoint.init_tokenizer import load_tokenizer_parts
+    from hydra_dist.checkpoint.init_weights import load_initial_weights
+    rng = torch.get_rng_state()  # the meta build draws its init seed: leave the stream as it was
+    with torch.device("meta"):
+        names = [n for n, _ in HydraModel(m).named_parameters()]
+    torch.set_rng_state(rng)
+    for c in chunks:
+        if m.init_from:
+            load_initial_weights(c, m, names)
+        if m.tokenizer_from and c.first:  # the vision tower lives on the first chunk only
+            load_tokenizer_parts(c, m.tokenizer_from)
+
+
 def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
     """This rank's chunks, seeded exactly like HydraModel after torch.manual_seed(train.seed)."""
     p, m = cfg.parallel, cfg.model
-    if m.init_from or m.tokenizer_from:
-        raise ValueError("model.init_from / model.tokenizer_from are not supported by the "
-                         "megatron engine yet (use parallel.engine=deepspeed)")
     device = torch.device("cuda", layout.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if cfg.task == "tokenizer":  # HYDRA-TOK: its own stages (seeded by the trainer's build_parts)
         from hydra_dist.models.tokenizer.pipeline_stage import build_tok_stages
@@ -251,6 +267,7 @@ def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
         n = p.pp * p.virtual_pp
         chunks = [HydraStage(m, mp, v * p.pp + layout.pp_rank, n, init_base, sched, vp_stage=v)
                   for v in range(p.virtual_pp)]
+        load_pretrained(chunks, m)
     for c in chunks:
         c.checkpointing = p.activation_checkpointing
         c.to(device)

@@ -92,7 +92,11 @@ def _train(cfg: RunConfig, layout) -> dict:
     stopped_by = None
     skipped, skipped_in_row = state.get("skipped_steps", 0), 0
     grid = None
-    if cfg.model.tokenizer_from and cfg.train.eval_every:
+    if cfg.model.tokenizer_from and cfg.train.eval_every and cfg.parallel.engine != "deepspeed":
+        # the sampler needs the whole model in one place; pipeline chunks are not
+        log.info("train.eval_every: no sample grids on the megatron engine (sample from a "
+                 "checkpoint with hydra-generate, which reads its shards)")
+    elif cfg.model.tokenizer_from and cfg.train.eval_every:
         from hydra_dist.data.tokenizer import load_tokenizer
 
         from .evaluation import SampleGrid
