@@ -245,6 +245,12 @@ class ZeroCheckpoint:
             for name, shape in frozen.items():
                 t = ms[0]["frozen_param_fragments"][name]
                 locs[name] = ParamLoc(_shape(shape), [(OnDisk.of(model_files[0], t), 0, t.numel())], t.dtype)
+            # ZeRO-1 writes no frozen_param_* (DeepSpeed does only when gradients are
+            # partitioned, stage 2): a frozen parameter's one copy is then the module state dict.
+            buffers = set(ms[0].get("buffer_names") or [])
+            for name, t in ms[0]["module"].items():
+                if name not in locs and name not in buffers and isinstance(t, torch.Tensor):
+                    locs[name] = ParamLoc(_shape(t.shape), [(OnDisk.of(model_files[0], t), 0, t.numel())], t.dtype)
         for name in ms[0].get("buffer_names") or []:
             t = ms[0]["module"][name]
             locs[name] = ParamLoc(_shape(t.shape), [(OnDisk.of(model_files[0], t), 0, t.numel())], t.dtype)

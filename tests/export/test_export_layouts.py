@@ -19,6 +19,10 @@ MEGATRON = ["parallel.engine=megatron", "parallel.zero_stage=0", "parallel.grad_
 LAYOUTS = {  # name: (processes, overrides, what hydra_export.json must record)
     "zero3_tp2": (2, ["parallel.tp=2", "parallel.zero_stage=3"],
                   {"engine": "deepspeed", "zero_stage": 3, "tp": 2, "dp": 1}),
+    "zero1_tp2": (2, ["parallel.tp=2", "parallel.zero_stage=1"],
+                  {"engine": "deepspeed", "zero_stage": 1, "tp": 2, "dp": 1}),
+    "zero2_dp2": (2, ["parallel.zero_stage=2"],
+                  {"engine": "deepspeed", "zero_stage": 2, "tp": 1, "dp": 2}),
     "megatron_pp2": (2, MEGATRON + ["parallel.pp=2"],
                      {"engine": "megatron", "tp": 1, "pp": 2, "virtual_pp": 1}),
     "megatron_pp2_tp2": (4, MEGATRON + ["parallel.pp=2", "parallel.tp=2"],
@@ -28,7 +32,7 @@ LAYOUTS = {  # name: (processes, overrides, what hydra_export.json must record)
 }
 # The 2-process layouts cover both readers; the megatron reader's TP merge is also covered
 # quickly by test_megatron_tp_slices_merge_back.
-SLOW = ("megatron_pp2_tp2", "megatron_pp2_vpp2")
+SLOW = ("megatron_pp2_tp2", "megatron_pp2_vpp2", "zero1_tp2", "zero2_dp2")
 
 
 def train_and_export(tmp: Path, name: str) -> dict:
