@@ -31,8 +31,9 @@ LAYOUTS = {  # name: (processes, overrides, what hydra_export.json must record)
                           {"engine": "megatron", "tp": 1, "pp": 2, "virtual_pp": 2}),
 }
 # The 2-process layouts cover both readers; the megatron reader's TP merge is also covered
-# quickly by test_megatron_tp_slices_merge_back.
-SLOW = ("megatron_pp2_tp2", "megatron_pp2_vpp2", "zero1_tp2", "zero2_dp2")
+# quickly by test_megatron_tp_slices_merge_back. ZeRO-1 TP=2 stays in CI: under ZeRO-1 frozen
+# parameters live only in the module state dict (a reader bug it caught).
+SLOW = ("megatron_pp2_tp2", "megatron_pp2_vpp2", "zero2_dp2")
 
 
 def train_and_export(tmp: Path, name: str) -> dict:
