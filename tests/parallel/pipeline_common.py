@@ -34,6 +34,22 @@ def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def run_pp2(args, run_dir) -> list:
+    """A 4-step 2-process PP=2 run: the loss falls, and each stage wrote its shard at step 4.
+    Returns its metrics."""
+    from launch import run_torchrun
+    res = run_torchrun(2, args + [f"output_dir={run_dir}"], timeout=400)
+    assert res.returncode == 0, res.stdout[-4000:]
+    ms = metrics(run_dir)
+    assert [m["step"] for m in ms] == [1, 2, 3, 4]
+    assert ms[-1]["loss"] < ms[0]["loss"] and all(m["grad_norm"] > 0 for m in ms)
+    ck = run_dir / "checkpoints" / "step00000004"
+    assert sorted(p.name for p in ck.glob("model_pp*")) == ["model_pp00_tp00.safetensors",
+                                                            "model_pp01_tp00.safetensors"]
+    assert (ck / "manifest.json").is_file()
+    return ms
+
+
 def assert_resumes_exactly(args, run_dir, straight, keys):
     """Stop a fresh run at step 2, resume it, and match the uninterrupted run's metrics."""
     from launch import run_torchrun  # tests/ (pytest's path); the workers never need it
