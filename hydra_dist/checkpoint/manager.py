@@ -26,6 +26,34 @@ import torch.distributed as dist
 
 MANIFEST = "manifest.json"
 EXTRA = "extra_state.pt"
+LAYOUT = "layout.json"
+
+
+def engine_layout(engine) -> Dict[str, Any]:
+    """What a checkpoint's shards depend on: the engine, TP, PP, DP and the ZeRO stage."""
+    from megatron.core import parallel_state as ps
+    kind = getattr(engine, "kind", "deepspeed")
+    stage = engine.zero_optimization_stage() if kind == "deepspeed" else 0
+    return {"engine": kind, "tp": ps.get_tensor_model_parallel_world_size(),
+            "pp": ps.get_pipeline_model_parallel_world_size(),
+            "dp": ps.get_data_parallel_world_size(), "zero_stage": int(stage)}
+
+
+def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]) -> None:
+    """Resuming needs the same engine, TP, PP and ZeRO stage; a new DP size works where the
+    state does not depend on it (megatron engine, ZeRO-0). Else a clear error, not DeepSpeed's."""
+    def fmt(x):
+        return f"{x['engine']} tp={x['tp']} pp={x['pp']} dp={x['dp']} zero_stage={x['zero_stage']}"
+    fresh = (f"start from its weights instead: hydra-export-hf {folder} OUT, then "
+             "model.init_from=OUT (the optimizer and data order restart)")
+    if any(saved[k] != now[k] for k in ("engine", "tp", "pp", "zero_stage")):
+        raise RuntimeError(f"{folder}: saved as {fmt(saved)}, this run is {fmt(now)}; resuming "
+                           f"needs the same engine, TP, PP and ZeRO stage; {fresh}")
+    if saved["dp"] != now["dp"] and now["engine"] == "deepspeed" and now["zero_stage"] > 0:
+        raise RuntimeError(f"{folder}: saved with DP={saved['dp']}, this run has DP={now['dp']}; "
+                           f"ZeRO-{now['zero_stage']} partitions the optimizer state over DP and "
+                           f"DeepSpeed does not re-partition it on load; resume with DP={saved['dp']}, "
+                           f"or {fresh}")
 
 
 def _barrier():
@@ -131,6 +159,7 @@ class CheckpointManager:
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
         from hydra_dist.train.faults import in_checkpoint_save
         in_checkpoint_save(step, self.rank, tmp)  # HYDRA_FAULT: reliability tests only
+        layout = engine_layout(engine)  # every rank: it asks megatron's parallel state
         (tmp / "rank_state").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rank_state" / f"rank{self.rank}.pt")
         _barrier()
@@ -138,6 +167,7 @@ class CheckpointManager:
             if extra is not None:
                 torch.save(extra, tmp / EXTRA)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+            (tmp / LAYOUT).write_text(json.dumps(layout))
             _write_manifest(tmp)
             final = self.root / tag
             shutil.rmtree(final, ignore_errors=True)
@@ -155,6 +185,8 @@ class CheckpointManager:
 
     def load(self, engine, tag: str) -> Dict[str, Any]:
         folder = self.root / tag
+        if (folder / LAYOUT).is_file():  # older checkpoints lack it
+            check_resume_layout(folder, json.loads((folder / LAYOUT).read_text()), engine_layout(engine))
         use_safe_loader(engine)
         load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)
         if load_path is None:

@@ -72,6 +72,7 @@ class _Chunks(torch.nn.Module):
 
 class MegatronEngine:
     checkpoint_engine = None  # CheckpointManager asks DeepSpeed engines for theirs
+    kind = "megatron"         # files per (pp, tp); DP replicas hold the same state
 
     def __init__(self, cfg: RunConfig, layout, chunks, device):
         self.cfg, self.layout, self.device = cfg, layout, device
