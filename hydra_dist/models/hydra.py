@@ -141,7 +141,8 @@ class HydraModel(nn.Module):
 
         l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)
         h_vis = h.reshape(R * S, H)[vidx.clamp(min=0)]    # [I, M, H]
-        v_pred = self.flow_head(h_vis, t, merge_patches(x_t, self.cfg.head.merge))
+        skip = merge_patches(x_t, self.cfg.head.merge) if self.cfg.head.latent_skip else None
+        v_pred = self.flow_head(h_vis, t, skip)
         v_target = merge_patches(eps - mu, self.cfg.head.merge)
         per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = is_gen.float() * batch["image_weight"].float()

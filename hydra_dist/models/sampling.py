@@ -67,7 +67,8 @@ def _velocity(model, cache, L, x_BNC, t: float):
     vis = model.visual_tokens(x_BNC)
     M = vis.shape[1]
     h = model.llm(vis, None, (L + torch.arange(M))[None], cache)   # image tokens: bidirectional
-    v = model.flow_head(h, torch.full((1,), t), merge_patches(x_BNC, model.cfg.head.merge))
+    skip = merge_patches(x_BNC, model.cfg.head.merge) if model.cfg.head.latent_skip else None
+    v = model.flow_head(h, torch.full((1,), t), skip)
     return unmerge_patches(v, model.cfg.head.merge, model.cfg.gsb.latent_channels)
 
 

@@ -409,8 +409,8 @@ class HydraForPretraining(HydraPreTrainedModel):
         per_tok = F.cross_entropy(logits.float().flatten(0, 1), labels.clamp(min=0).flatten(),
                                   reduction="none").view_as(labels)
         ntp = (per_tok * valid).sum() / valid.sum().clamp(min=1)
-        v_pred = self.flow_head(h.reshape(R * S, H)[visual_index.clamp(min=0)], t,
-                                merge_patches(x_t, merge))
+        skip = merge_patches(x_t, merge) if self.flow_head.latent_in is not None else None
+        v_pred = self.flow_head(h.reshape(R * S, H)[visual_index.clamp(min=0)], t, skip)
         v_target = merge_patches(eps - mu, merge)
         per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
         w = gen_f.float() * (torch.ones_like(gen_f) if image_weight is None else image_weight.float())

@@ -16,8 +16,9 @@ from torch import nn
 from hydra_dist.config.schema import RunConfig, ViTConfig
 
 from ..gsb import GSB
+from ..hydra import build_sem_cls
 from ..layers import mp_config
-from ..vit import PatchEmbed, PrependToken, ViTStack
+from ..vit import PatchEmbed, ViTStack
 from .decoder import PixelFlowDecoder
 
 ENCODER_PARTS = ("patch", "gen_vit", "gsb", "sem_vit", "sem_cls")
@@ -37,7 +38,7 @@ class HydraTok(nn.Module):
         self.patch = PatchEmbed(v, std)
         self.gen_vit = ViTStack(mp, v, v.gen_layers, std, depth)
         self.gsb = GSB(cfg.model.gsb, v.hidden_size)
-        self.sem_cls = PrependToken(v.hidden_size) if v.use_cls_token else None
+        self.sem_cls = build_sem_cls(cfg.model)
         self.sem_vit = ViTStack(mp, v, v.sem_layers, std, depth)
         self.decoder = PixelFlowDecoder(mp, t.decoder, v, cfg.model.gsb.latent_channels, std)
         self.cls = 1 if v.use_cls_token else 0
