@@ -2,10 +2,12 @@
 
   hydra-prepare-data webdataset /data/cc12m/tars --out /data/mds/cc12m --workers 32 --max-side 512
   hydra-prepare-data folder captions.jsonl --images-root imgs/ --out mds/mycaps
+  hydra-prepare-data folder imgs/ --out mds/mycaps      (captions in side files: a.jpg + a.txt / a.json)
   hydra-prepare-data parquet shards/ --image-column image --caption-column text --out mds/p
   hydra-prepare-data text corpus.jsonl --out mds/text
   hydra-prepare-data llava llava_instruct.json --images-root coco/ --out mds/sft
-Schemas: hydra_dist/data/schemas.py and docs/data.md.
+Schemas: hydra_dist/data/schemas.py and docs/data.md. The conversion is written beside --out and
+swapped in at the end: a bad or empty input exits 2 naming the cause and leaves --out as it was.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import sys
 
 from hydra_dist.data.convert import SUMMARY, ConvertOptions, convert
+from hydra_dist.data.convert_inputs import ConversionError
 
 
 def parse(argv=None) -> ConvertOptions:
@@ -21,7 +24,7 @@ def parse(argv=None) -> ConvertOptions:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", choices=["folder", "webdataset", "parquet", "text", "llava"])
     ap.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
-    ap.add_argument("--out", required=True, help="output MDS folder (replaced parts)")
+    ap.add_argument("--out", required=True, help="output MDS folder (replaced as a whole, only after a successful conversion)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--images-root", default="", help="folder/llava: base of image paths")
     ap.add_argument("--image-column", default="image")
@@ -45,7 +48,12 @@ def parse(argv=None) -> ConvertOptions:
 
 def main(argv=None) -> int:
     o = parse(argv)
-    s = convert(o)
+    try:
+        s = convert(o)
+    except (ConversionError, FileNotFoundError) as e:
+        # one line naming the file / record / column; the earlier --out is untouched
+        print(f"hydra-prepare-data: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"out": o.out, "samples_written": s["samples_written"],
                       "samples_skipped": s["samples_skipped"], "summary": f"{o.out}/{SUMMARY}"}))
     return 0

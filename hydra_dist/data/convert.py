@@ -5,17 +5,24 @@ into its own part folder `part-NNNNN/`; the parts' index files are then merged w
 streaming's `merge_index` in unit order. Units do not depend on the worker count, so the
 same input gives byte-identical shards for any number of workers. Records whose image does
 not decode (or that lack a field) are left out and listed in `conversion_summary.json`.
+
+Atomic: everything is written into a temporary folder beside --out and swapped in only when
+the conversion succeeded with at least one sample, so a bad input never destroys an earlier
+good conversion; a failed or empty one raises ConversionError naming the file, record or
+column.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import List
 
-from .convert_inputs import (records, units_folder, units_llava, units_parquet, units_text,
+from .convert_inputs import (ConversionError, records, units_folder, units_llava, units_parquet, units_text,
                              units_webdataset)
 from .schemas import SCHEMA_OF_INPUT, SCHEMAS
 
@@ -101,13 +108,45 @@ def write_unit(args) -> dict:
 
 
 def convert(o: ConvertOptions) -> dict:
-    """Convert and merge; returns the summary (also written to out/conversion_summary.json)."""
+    """Convert and merge; returns the summary (also written to out/conversion_summary.json).
+    Raises ConversionError (earlier output untouched) on a bad input or an empty result."""
+    out = Path(o.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        summary = _convert_into(replace(o, out=str(tmp)), o)
+        if summary["samples_written"] == 0:
+            reasons = Counter(s["reason"] for s in summary["skipped"])
+            top = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
+            raise ConversionError(
+                f"{o.kind} conversion of {', '.join(o.inputs)} wrote 0 samples "
+                f"({summary['samples_skipped']} skipped{': ' + top if top else ', no records found'}); "
+                f"{out} was left as it was")
+        _swap_in(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace out by tmp with renames (same file system): the old output is moved aside first
+    and removed only once the new one is in place."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _convert_into(o: ConvertOptions, user: ConvertOptions) -> dict:
     from streaming.base.util import merge_index
     from tqdm import tqdm
     out = Path(o.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("part-*")) + [out / "index.json", out / SUMMARY]:
-        shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
     units = make_units(o)
     jobs = [(i, u, o) for i, u in enumerate(units)]
     results = []
@@ -136,7 +175,7 @@ def convert(o: ConvertOptions) -> dict:
                "columns": SCHEMAS[SCHEMA_OF_INPUT[o.kind]], "units": len(units),
                "samples_written": sum(r["written"] for r in results),
                "samples_skipped": len(skipped), "skipped": skipped,
-               "options": {k: v for k, v in asdict(o).items()
+               "options": {k: v for k, v in asdict(user).items()
                            if k not in ("out", "workers", "progress")}}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary

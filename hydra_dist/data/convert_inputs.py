@@ -12,7 +12,13 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
 
+from .samples import conversation_messages
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+
+
+class ConversionError(ValueError):
+    """A bad input that stops the whole conversion (the earlier output is left as it was)."""
 TAR_ID_STRIDE = 10_000_000  # webdataset ids: tar index * stride + position in the tar
 
 
@@ -41,11 +47,14 @@ def _jsonl(path: Path) -> Iterator[Tuple[int, object]]:
                 try:
                     yield n, json.loads(line)
                 except json.JSONDecodeError as e:
-                    yield n, e
+                    # a bad line is one skipped record, named by file and 1-based line
+                    yield n, f"{path}: line {n + 1}: JSON syntax error: {e.msg}"
 
 
 def units_folder(inputs, images_root: str, chunk: int) -> list:
-    """(a) captions JSONL ({"image"|"file_name": rel path, "caption"|"text": str}) + images."""
+    """(a) captions JSONL ({"image"|"file_name": rel path, "caption"|"text": str}) + images, or
+    an image folder with the caption beside each image in a side file (`a.jpg` + `a.txt`, or
+    `a.json` holding "caption"/"text"), as users' folders usually are."""
     rows = []
     for cap_file in _files(inputs, ("*.jsonl",)):
         root = Path(images_root) if images_root else cap_file.parent
@@ -57,9 +66,38 @@ def units_folder(inputs, images_root: str, chunk: int) -> list:
                     rows.append((rel, str(root / rel), cap))
                     continue
             rows.append((f"{cap_file.name}:{n}", "", f"bad caption line: {obj!r}"[:200]))
+    for item in inputs:
+        d = Path(item)
+        if d.is_dir() and not any(d.rglob("*.jsonl")):
+            rows += _side_file_rows(d)
     rows.sort(key=lambda r: r[0])
     items = [(i, *r) for i, r in enumerate(rows)]
     return _chunks(items, chunk, "folder", None)
+
+
+def _side_caption(img: Path):
+    """The caption of an image from its side file, or (None, reason)."""
+    txt, js = img.with_suffix(".txt"), img.with_suffix(".json")
+    if txt.is_file():
+        return txt.read_text(encoding="utf-8", errors="replace").strip(), ""
+    if js.is_file():
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            return None, f"{js}: line {e.lineno}: {e.msg}"
+        cap = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+        return (cap, "") if isinstance(cap, str) else (None, f"{js}: no string caption/text")
+    return None, f"no caption side file {txt.name} or {js.name}"
+
+
+def _side_file_rows(folder: Path) -> list:
+    rows = []
+    for img in sorted(f for f in folder.rglob("*") if f.is_file()
+                      and f.suffix.lower().lstrip(".") in IMAGE_EXTS):
+        rel = str(img.relative_to(folder))
+        cap, why = _side_caption(img)
+        rows.append((rel, str(img), cap) if cap is not None else (rel, "", why))
+    return rows
 
 
 def units_webdataset(inputs) -> list:
@@ -72,7 +110,13 @@ def units_parquet(inputs, image_col: str, caption_col: str) -> list:
     import pyarrow.parquet as pq
     units, base = [], 0
     for f in _files(inputs, ("*.parquet",)):
-        meta = pq.ParquetFile(str(f)).metadata
+        pf = pq.ParquetFile(str(f))
+        names = pf.schema_arrow.names
+        for flag, col in (("--image-column", image_col), ("--caption-column", caption_col)):
+            if col not in names:
+                raise ConversionError(f"{f}: no column {col!r} ({flag}); its columns are "
+                                      f"{', '.join(names)}")
+        meta = pf.metadata
         for g in range(meta.num_row_groups):
             units.append(("parquet", (str(f), g, base), (image_col, caption_col)))
             base += meta.row_group(g).num_rows
@@ -94,7 +138,17 @@ def units_llava(inputs, images_root: str, chunk: int) -> list:
     items, i = [], 0
     for f in _files(inputs, ("*.json",)):
         root = Path(images_root) if images_root else f.parent
-        for n, rec in enumerate(json.loads(f.read_text(encoding="utf-8"))):
+        try:
+            recs = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{f}: JSON syntax error at line {e.lineno} column {e.colno}: "
+                                  f"{e.msg}") from None
+        if not isinstance(recs, list):
+            raise ConversionError(f"{f}: a LLaVA file is a JSON list of records "
+                                  f"({{\"id\", \"image\"?, \"conversations\"}}), this one holds a "
+                                  f"{type(recs).__name__}" + (f" with keys {sorted(recs)[:8]}"
+                                                              if isinstance(recs, dict) else ""))
+        for n, rec in enumerate(recs):
             items.append((i, f"{f.name}:{n}", rec, str(root)))
             i += 1
     return _chunks(items, chunk, "llava", None)
@@ -138,12 +192,13 @@ def records(unit) -> Iterator[tuple]:
 
 
 def _llava_record(key, rec, root):
-    if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list):
-        return key, None, "no conversations list"
-    for turn in rec["conversations"]:
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            return key, None, f"bad turn {str(turn)[:100]}"
-    key = str(rec.get("id", key))
+    if not isinstance(rec, dict):
+        return key, None, f"record is {type(rec).__name__}, not an object"
+    key = str(rec.get("id", key))  # the record's own id names it in the summary
+    try:  # the reader's own rules (samples.conversation_messages), so nothing passes here to fail there
+        conversation_messages(rec.get("conversations"))
+    except ValueError as e:
+        return key, None, str(e)
     image = b""
     if rec.get("image"):
         try:

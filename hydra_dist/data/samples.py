@@ -90,9 +90,12 @@ def conversation_messages(conv) -> list:
     if not isinstance(conv, list) or not conv:
         raise ValueError("conversations is not a non-empty list")
     msgs = []
-    for turn in conv:
-        if turn.get("from") not in roles or not isinstance(turn.get("value"), str):
-            raise ValueError(f"bad conversation turn {str(turn)[:80]}")
+    for k, turn in enumerate(conv):
+        # the one rule set: hydra-prepare-data validates LLaVA records with this function too
+        if not isinstance(turn, dict) or turn.get("from") not in roles \
+                or not isinstance(turn.get("value"), str):
+            raise ValueError(f"bad conversation turn {k}: needs 'from' in {sorted(roles)} and a "
+                             f"string 'value', got {str(turn)[:80]}")
         msgs.append({"role": roles[turn["from"]], "content": strip_image_tag(turn["value"])})
     return msgs
 

@@ -128,4 +128,4 @@ def test_llava_with_and_without_images(tmp_path):
     assert [r["key"] for r in rows] == ["r1", "r2"]
     assert len(rows[0]["image"]) > 0 and rows[1]["image"] == b""
     assert rows[0]["conversations"][1]["value"] == "A box."
-    assert {x["key"] for x in s["skipped"]} == {"r3", "llava.json:3"}
+    assert {x["key"] for x in s["skipped"]} == {"r3", "r4"}  # bad records named by their id
