@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Tuple
 
 import yaml
 
-from .schema import RunConfig, check_layout, check_paths, check_values
+from .paths import check_path_keys
+from .schema import RunConfig, check_layout, check_values
 
 CMDLINE = "command line"
 DEFAULTS_KEY = "defaults"
@@ -103,7 +104,9 @@ def apply_overrides(raw: Dict[str, Any], overrides: List[str], origin: Dict[str,
         key, value = parse_override(item)
         node = raw
         parts = key.split(".")
-        for part in parts[:-1]:
+        for n, part in enumerate(parts[:-1]):
+            if part not in node:  # a section the command line creates (maybe a misspelt one)
+                origin[".".join(parts[:n + 1])] = CMDLINE
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{CMDLINE}: {key}: {part} is not a section")
@@ -189,13 +192,15 @@ def build(cls: type, raw: Dict[str, Any], origin: Dict[str, str], prefix: str = 
 def load_config(path: str | Path | None = None, overrides: List[str] | None = None,
                 world_size: int | None = None, check_files: bool = False) -> RunConfig:
     """Load, compose, override, type-check and value-check a run config (check_files: also
-    require local data folders to exist, see schema.check_paths)."""
+    require every local path key to exist with its format, see config/paths.py)."""
     origin: Dict[str, str] = {}
     raw = load_raw(resolve_path(path), origin) if path else {}
     apply_overrides(raw, overrides or [], origin)
     cfg = build(RunConfig, raw, origin)
     errs = check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
-    errs += check_paths(cfg) if check_files else []
+    # every path key: exists and has its format (data folders, weights, tokenizers); a superset
+    # of schema.check_paths
+    errs += check_path_keys(cfg) if check_files else []
     if errs:
         raise ConfigError("\n".join(f"{_where(origin, k)}: {k}: {why}" for k, why in errs))
     return cfg

@@ -33,7 +33,73 @@ CASES = {
                           ["command line: data.path: /nonexistent is not an MDS folder"]),
     "missing_data_path_torchrun": ("args2", ["configs/tiny_cpu.yaml", "data.path=/nonexistent"],
                                    ["command line: data.path: /nonexistent is not an MDS folder"]),
+    "misspelt_section_cmdline": ("args", ["configs/tiny_cpu.yaml", "chekpoint.every=5"],
+                                 ["command line: chekpoint: unknown key"]),
 }
+
+
+def _write_safetensors(path):
+    import numpy as np
+    from safetensors.numpy import save_file
+    save_file({"llm.embed.weight": np.zeros((2, 2), np.float32)}, str(path))
+    return path
+
+
+def _truncated_mds(tmp):
+    from streaming import MDSWriter
+    with MDSWriter(out=str(tmp / "mds"), columns={"id": "int", "text": "str"}, size_limit="1kb") as w:
+        for i in range(200):
+            w.write({"id": i, "text": f"sample {i} " * 4})
+    shard = sorted((tmp / "mds").glob("shard.*.mds"))[1]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])   # a half-copied shard
+    return [f"data.path={tmp / 'mds'}"], [f"command line: data.path: 1 of", f"{shard} has",
+                                           "bytes, index.json says"]
+
+
+# Path keys checked before launch: (overrides, expected stderr parts), built in tmp_path.
+PATH_CASES = {
+    "init_from_not_safetensors": lambda tmp: (
+        (tmp / "w.safetensors").write_bytes(b"\xff" * 64) and
+        [f"model.init_from={tmp / 'w.safetensors'}"],
+        [f"command line: model.init_from: {tmp / 'w.safetensors'} is not a readable safetensors "
+         "file", "header too large"]),
+    "init_from_missing": lambda tmp: (
+        [f"model.init_from={tmp / 'nope.safetensors'}"],
+        [f"command line: model.init_from: {tmp / 'nope.safetensors'} does not exist"]),
+    "init_from_folder_one_bad_file": lambda tmp: (
+        (tmp / "exp").mkdir() or _write_safetensors(tmp / "exp" / "a.safetensors") and
+        (tmp / "exp" / "b.safetensors").write_bytes(b"{}") and [f"model.init_from={tmp / 'exp'}"],
+        [f"model.init_from: {tmp / 'exp' / 'b.safetensors'} is not a readable safetensors"]),
+    "tokenizer_from_not_torch": lambda tmp: (
+        (tmp / "tok").mkdir() or (tmp / "tok" / "tokenizer.pt").write_text("hello") and
+        [f"model.tokenizer_from={tmp / 'tok'}"],
+        [f"model.tokenizer_from: {tmp / 'tok' / 'tokenizer.pt'} is not a torch.save file"]),
+    "data_tokenizer_not_hf_folder": lambda tmp: (
+        (tmp / "hf").mkdir() or [f"data.tokenizer={tmp / 'hf'}"],
+        [f"data.tokenizer: {tmp / 'hf'} has no tokenizer.json"]),
+    "truncated_mds_shard": _truncated_mds,
+}
+
+
+@pytest.mark.parametrize("case", sorted(PATH_CASES))
+def test_bad_path_key_named_before_launch(tmp_path, case):
+    """Every path key is checked before torchrun starts (--nproc-per-node 2): exists, has its
+    format (safetensors header read by safetensors, torch zip, MDS shards against index.json)."""
+    overrides, expect = PATH_CASES[case](tmp_path)
+    out_dir = tmp_path / "run"
+    res, took = _cli(["configs/tiny_cpu.yaml", *overrides], out_dir, nproc=2)
+    assert res.returncode == 2, res.stdout + res.stderr
+    for e in expect:
+        assert e in res.stderr, res.stderr
+    assert took < 15, took
+    assert not out_dir.exists() and "rank0" not in res.stderr
+
+
+def test_good_path_keys_pass_the_check(tmp_path):
+    from hydra_dist.config import load_config
+    f = _write_safetensors(tmp_path / "w.safetensors")
+    cfg = load_config("tiny_cpu", [f"model.init_from={f}"], check_files=True)
+    assert cfg.model.init_from == str(f)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
