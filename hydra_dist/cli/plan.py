@@ -18,7 +18,7 @@ def _row(p, limit) -> str:
     m = {k: v / 1e9 for k, v in p.mem.items()}
     fits = "yes" if p.total_gb <= limit else "NO"
     note = p.runnable or ""
-    return (f"| tp{p.tp} pp{p.pp} dp{p.dp} z{p.zero} {'ckpt' if p.ckpt else 'full'} | "
+    return (f"| tp{p.tp} pp{p.pp} dp{p.dp} z{p.zero} {'ckpt' if p.ckpt else 'full'} ga{p.grad_accum} | "
             f"{m['params']:.1f} | {m['grads']:.1f} | {m['optimizer']:.1f} | {m['activations']:.1f} | "
             f"{m['recompute_peak'] + m['zero3_buffers'] + m['reserve']:.1f} | {p.total_gb:.1f} | {fits} | "
             f"{p.step_s:.3f} | {p.mfu * 100:.1f}% | {p.tokens_per_s:,.0f} | {note} |")
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     a = ap.parse_intermixed_args(argv)
     from hydra_dist.config import load_config
     from hydra_dist.perf.memory import shape_of_config
-    from hydra_dist.perf.planner import GPUS, evaluate, search
+    from hydra_dist.perf.planner import GPUS, evaluate, global_batch_of, search
     cfg = load_config(a.config, a.overrides)
     hw = GPUS[a.gpu]
     if a.efficiency:
@@ -62,14 +62,17 @@ def main(argv=None) -> int:
         def d(x):
             return {"tp": x.tp, "pp": x.pp, "dp": x.dp, "zero": x.zero, "ckpt": x.ckpt, "mem": x.mem,
                     "total_gb": x.total_gb, "step_s": x.step_s, "mfu": x.mfu,
-                    "tokens_per_s": x.tokens_per_s, "runnable": x.runnable}
-        print(json.dumps({"configured": d(configured), "recommended": d(best) if best else None,
+                    "tokens_per_s": x.tokens_per_s, "runnable": x.runnable, "grad_accum": x.grad_accum}
+        print(json.dumps({"global_batch": configured.global_batch, "configured": d(configured), "recommended": d(best) if best else None,
                           "top": [d(x) for x in plans[:a.top]], "limit_gb": limit}, indent=1))
         return 0
     s = shape_of_config(cfg)
     print(f"{a.config}: {a.nodes} node(s) x {a.gpus_per_node} {hw.name}, bf16; micro-batch "
-          f"{p.micro_batch_size} ({s.rows} rows x {s.seq} tokens, {s.images} images), grad_accum "
-          f"{p.grad_accum}; fits = total <= {limit:.0f} GB ({a.margin:.0%} margin)")
+          f"{p.micro_batch_size} ({s.rows} rows x {s.seq} tokens, {s.images} images); "
+          f"fits = total <= {limit:.0f} GB ({a.margin:.0%} margin)")
+    gb = global_batch_of(cfg, world)
+    print(f"global batch {gb} samples per step ({'train.global_batch' if cfg.train.global_batch else 'micro x grad_accum x dp of the configured layout'}), "
+          f"held fixed: every layout's grad_accum (ga) = {gb} / (micro x dp)")
     print(f"assumed: {hw.peak_tflops:.0f} TFLOPs peak x {hw.matmul_efficiency:.2f} matmul efficiency, "
           f"NVLink {hw.nvlink_gbps:.0f} GB/s, IB {hw.ib_gbps:.0f} GB/s per GPU, {hw.overlap:.0%} of "
           f"DP comm hidden, {hw.reserve_gb:.0f} GB reserve\n")

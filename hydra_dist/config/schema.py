@@ -106,6 +106,16 @@ class ModelConfig:
 
 
 @dataclass
+class DeepSpeedTuning:
+    """ZeRO communication settings; the defaults derive them from the model and the layout
+    (rule: hydra_dist/parallel/ds_tuning.py, docs/performance.md). Set a value to pin it."""
+    overlap_comm: Literal["auto", "always", "never"] = "auto"
+    bucket_elements: int = 0          # reduce / allgather bucket (ZeRO 1-3); 0 = derived
+    prefetch_elements: int = 0        # ZeRO-3 stage3_prefetch_bucket_size; 0 = derived
+    persistence_threshold: int = -1   # ZeRO-3 stage3_param_persistence_threshold; -1 = derived
+
+
+@dataclass
 class ParallelConfig:
     # deepspeed: DP x TP with ZeRO 0-3; megatron: DP x TP x PP with megatron-core's pipeline
     # schedules (docs/parallelism.md).
@@ -116,12 +126,15 @@ class ParallelConfig:
     virtual_pp: int = 1
     zero_stage: int = 3
     micro_batch_size: int = 4
+    # Micro-batches per optimizer step. With train.global_batch > 0 it is derived (leave it
+    # unset); with train.global_batch = 0 it is taken as given (tiny and test configs).
     grad_accum: int = 1
     precision: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False
     # Collectives that take longer than this fail with a message instead of hanging.
     timeout_s: int = 600
     backend: Literal["auto", "nccl", "gloo"] = "auto"
+    deepspeed: DeepSpeedTuning = field(default_factory=DeepSpeedTuning)
 
 
 @dataclass
@@ -175,7 +188,12 @@ class DataConfig:
     cfg_dropout: float = 0.1
     shuffle: bool = True
     seed: int = 17
+    # Loader off the critical path (docs/data.md): decode/resize in worker processes, each
+    # keeping prefetch_factor micro-batches ready; pinned host memory so the trainer's
+    # non_blocking device copy really is asynchronous (CUDA only; ignored on CPU).
     num_workers: int = 0
+    pin_memory: bool = False
+    prefetch_factor: int = 2
 
 
 def check_data(d: DataConfig) -> list[tuple[str, str]]:
@@ -186,6 +204,10 @@ def check_data(d: DataConfig) -> list[tuple[str, str]]:
         errs.append(("data.max_text_tokens", "must be >= 4"))
     if d.epoch_size < 0:
         errs.append(("data.epoch_size", "must be >= 0"))
+    if d.num_workers < 0:
+        errs.append(("data.num_workers", "must be >= 0"))
+    if d.prefetch_factor < 1:
+        errs.append(("data.prefetch_factor", "must be >= 1"))
     weighted = [s.proportion > 0 for s in d.sources]
     for i, s in enumerate(d.sources):
         key = f"data.sources[{i}]"
@@ -218,6 +240,10 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 200
+    # Samples per optimizer step (the paper's batch: 1024 unified, 256 tokenizer). > 0:
+    # parallel.grad_accum = global_batch / (micro_batch_size * dp), dp = world / (tp * pp), a
+    # remainder is a config error; 0: global batch = micro_batch_size * grad_accum * dp.
+    global_batch: int = 0
     seed: int = 42
     log_every: int = 1
     # Peak TFLOPs per device for the logged MFU (0: H100/H200 table on GPU, measured on CPU).
@@ -328,9 +354,40 @@ def check_paths(cfg: RunConfig) -> list[tuple[str, str]]:
     return []
 
 
+def derive_grad_accum(global_batch: int, micro: int, dp: int) -> tuple[int, str]:
+    """(grad_accum, "") for a global batch of samples, or (0, why it does not divide)."""
+    per_micro = micro * dp
+    if global_batch % per_micro:
+        return 0, (f"{global_batch} samples per step do not divide into micro-batches of "
+                   f"micro_batch_size {micro} x dp {dp} = {per_micro} samples")
+    return global_batch // per_micro, ""
+
+
+def resolve_global_batch(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
+    """Sets parallel.grad_accum from train.global_batch for this world size (no-op when
+    train.global_batch = 0). An explicit grad_accum (anything but 1) must match the derived one:
+    one batch size, stated once."""
+    p, gb = cfg.parallel, cfg.train.global_batch
+    if gb < 0:
+        return [("train.global_batch", f"{gb} is negative")]
+    if gb == 0 or world_size % (p.tp * p.pp):
+        return []   # the layout error itself comes from check_layout
+    dp = world_size // (p.tp * p.pp)
+    ga, why = derive_grad_accum(gb, p.micro_batch_size, dp)
+    if not ga:
+        return [("train.global_batch", f"{why} (world size {world_size}, tp {p.tp}, pp {p.pp})")]
+    if p.grad_accum not in (1, ga):
+        return [("parallel.grad_accum", f"{p.grad_accum} contradicts train.global_batch={gb}, "
+                 f"which gives {ga} at world size {world_size} (micro_batch_size "
+                 f"{p.micro_batch_size} x dp {dp}); set only train.global_batch")]
+    p.grad_accum = ga
+    return []
+
+
 def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
-    """Layout errors for a given world size, found before any process group starts."""
-    p, errs = cfg.parallel, []
+    """Layout errors for a given world size, found before any process group starts (derives
+    parallel.grad_accum from train.global_batch first)."""
+    p, errs = cfg.parallel, resolve_global_batch(cfg, world_size)
     if world_size % (p.tp * p.pp) != 0:
         errs.append(("parallel.tp", f"world size {world_size} is not divisible by "
                      f"tp*pp = {p.tp}*{p.pp}"))

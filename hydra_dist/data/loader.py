@@ -20,6 +20,7 @@ import logging
 from collections import Counter, deque
 from typing import Any, Dict, List, Optional
 
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
@@ -50,7 +51,8 @@ class StreamingBatches:
     def __init__(self, path: str, collate, micro_batch: int, dp_size: int, tp_replication: int,
                  shuffle: bool, seed: int, num_workers: int, state: Optional[Dict[str, Any]] = None,
                  *, sources: Optional[List[Any]] = None, cache_dir: str = "", epoch_size: int = 0,
-                 image_size: Optional[int] = None, tokenizer: Optional[str] = None):
+                 image_size: Optional[int] = None, tokenizer: Optional[str] = None,
+                 pin_memory: bool = False, prefetch_factor: int = 2):
         specs = [_spec(s) for s in sources] if sources else [
             SourceSpec(path=path, task="auto", name=path.rstrip("/").rsplit("/", 1)[-1] or "data")]
         info = resolve_streams(specs, cache_dir)
@@ -67,8 +69,14 @@ class StreamingBatches:
         self.rank = dist.get_rank() if _dist_on() else 0
         self.world = dist.get_world_size() if _dist_on() else 1
         self.replication = max(tp_replication, 1)
+        # Workers decode and resize (MixtureDataset) ahead of the step, prefetch_factor raw
+        # micro-batches each. The DataLoader's own pin_memory would pin lists of samples: the
+        # collated tensors are pinned in __next__ instead.
+        extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 else {}
         self.loader = DataLoader(self.ds, batch_size=micro_batch, collate_fn=_as_list,
-                                 num_workers=num_workers, drop_last=True, persistent_workers=False)
+                                 num_workers=num_workers, drop_last=True, persistent_workers=False,
+                                 **extra)
+        self.pin = pin_memory and torch.cuda.is_available()
         self.errors: Counter = Counter()
         self._reset_epoch(0)
         self._it = None
@@ -167,7 +175,10 @@ class StreamingBatches:
         return self
 
     def __next__(self):
-        return self.collate(self.next_samples())
+        batch = self.collate(self.next_samples())
+        if self.pin:  # page-locked: the trainer's non_blocking copy overlaps with compute
+            batch = {k: v.pin_memory() for k, v in batch.items()}
+        return batch
 
     # ---- state and metrics -------------------------------------------------------------
     def _gather(self, obj) -> list:

@@ -15,6 +15,8 @@ from megatron.core import parallel_state as ps
 
 from hydra_dist.config.schema import RunConfig
 
+from .ds_tuning import zero_section
+
 
 class MegatronMpu:
     """DeepSpeed's mpu interface answered by megatron-core parallel_state."""
@@ -40,16 +42,10 @@ class MegatronMpu:
         return ps.get_tensor_model_parallel_world_size() * ps.get_pipeline_model_parallel_world_size()
 
 
-def ds_config(cfg: RunConfig) -> dict:
+def ds_config(cfg: RunConfig, cuda: bool | None = None) -> dict:
     p = cfg.parallel
-    zero = {"stage": p.zero_stage}
-    if p.zero_stage == 3:
-        # Small buckets keep resident memory down on CPU; on GPU these are overridden per site.
-        zero.update(reduce_bucket_size=int(5e6), stage3_prefetch_bucket_size=int(5e6),
-                    stage3_param_persistence_threshold=0, overlap_comm=False,
-                    stage3_gather_16bit_weights_on_model_save=False)
-    elif p.zero_stage in (1, 2):
-        zero.update(reduce_bucket_size=int(5e6), allgather_bucket_size=int(5e6), overlap_comm=False)
+    # bucket sizes, overlap, prefetch and persistence: derived from model and layout (ds_tuning)
+    zero = zero_section(cfg, torch.cuda.is_available() if cuda is None else cuda)
     return {
         "train_micro_batch_size_per_gpu": p.micro_batch_size,
         "gradient_accumulation_steps": p.grad_accum,

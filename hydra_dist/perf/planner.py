@@ -11,6 +11,11 @@ Time model (per micro-batch, per GPU), all constants in `Hardware` and printed b
               all-gather of the updated shards: the same bytes) once per step; NVLink inside a node, InfiniBand across nodes;
               overlapped with compute up to `overlap` of the compute time
   pipeline  = bubble (pp - 1) / grad_accum (1F1B)
+The global batch (samples per optimizer step) is held fixed across layouts: train.global_batch,
+or micro x grad_accum x dp of the configured layout when it is 0; each layout's grad_accum is
+global / (micro x dp), and a layout where that does not divide is marked not runnable. The DP
+overlap applies only where the DeepSpeed config overlaps (parallel/ds_tuning.py: overlap_comm
+with CUDA, ZeRO 1-3; ZeRO-0 all-reduces after the backward, so nothing hides).
 Memory per GPU = model state (memory.model_state_bytes) + activations (memory.activation_bytes)
   + ZeRO-3 gather buffers (two of the largest layer + the embedding) + a fixed framework reserve.
 """
@@ -19,6 +24,9 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+
+from hydra_dist.config.schema import derive_grad_accum
+from hydra_dist.parallel.ds_tuning import zero_tuning
 
 from .flops import unified_flops_of_shape
 from .memory import Shape, activation_bytes, model_state_bytes, param_counts, shape_of_config
@@ -54,6 +62,8 @@ class Plan:
     mfu: float
     tokens_per_s: float
     runnable: str = ""        # why this layout cannot run on the configured engine ("" = it can)
+    grad_accum: int = 1
+    global_batch: int = 0
 
     @property
     def total_gb(self) -> float:
@@ -67,13 +77,22 @@ def _with(cfg, tp, pp, zero, ckpt):
     return c
 
 
+def global_batch_of(cfg, world: int) -> int:
+    """Samples per optimizer step, held fixed by the planner across layouts."""
+    p = cfg.parallel
+    return cfg.train.global_batch or p.micro_batch_size * p.grad_accum * max(world // (p.tp * p.pp), 1)
+
+
 def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: int, ckpt: bool,
              shape: Shape | None = None) -> Plan:
     world = nodes * gpn
     dp = world // (tp * pp)
     c = _with(cfg, tp, pp, zero, ckpt)
     shape = shape or shape_of_config(c)
-    ga = c.parallel.grad_accum
+    gb = global_batch_of(cfg, world)
+    ga, bad_batch = derive_grad_accum(gb, c.parallel.micro_batch_size, dp)
+    ga = ga or max(1, -(-gb // (c.parallel.micro_batch_size * dp)))
+    c.parallel.grad_accum = ga
     m = c.model
     # memory (pipeline: worst stage = vision + 1/pp of the LLM; activations as pp = 1 under 1F1B)
     st = model_state_bytes(c, dp, tp=tp, precision="bf16")
@@ -114,19 +133,21 @@ def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: in
         dp_micro = 0.0
         # all-reduce (ZeRO-0) or reduce-scatter + all-gather of the updated shards (1, 2): same bytes
         dp_step = 2 * train_p * frac / bw
-    micro = compute + tp_comm + max(0.0, dp_micro - hw.overlap * compute)
-    step = ga * micro * (1 + (pp - 1) / ga) + max(0.0, dp_step - hw.overlap * compute)
+    # what the DeepSpeed config lets hide (pp > 1: megatron's DDP overlaps its own reduce)
+    overlap = hw.overlap if pp > 1 or (zero > 0 and zero_tuning(c, cuda=True).overlap_comm) else 0.0
+    micro = compute + tp_comm + max(0.0, dp_micro - overlap * compute)
+    step = ga * micro * (1 + (pp - 1) / ga) + max(0.0, dp_step - overlap * compute)
     mfu = ga * flops / (tp * pp) / (step * peak)
     tokens = dp * ga * shape.tokens / step
-    runnable = ""
-    if pp > 1:   # the megatron engine: pp x tp x dp, its own DP all-reduce (no ZeRO), fp32 so far
+    runnable = bad_batch
+    if pp > 1 and not runnable:   # the megatron engine: pp x tp x dp, its own DP all-reduce (no ZeRO), fp32 so far
         if zero != 0:
             runnable = "pp > 1 runs on parallel.engine=megatron, which has no ZeRO"
         elif ga < pp or m.llm.tie_word_embeddings:
             runnable = "megatron engine needs grad_accum >= pp and untied embeddings"
         else:
             runnable = "parallel.engine=megatron: fp32 only so far (this plan assumes bf16)"
-    return Plan(tp, pp, dp, zero, ckpt, mem, step, mfu, tokens, runnable)
+    return Plan(tp, pp, dp, zero, ckpt, mem, step, mfu, tokens, runnable, ga, gb)
 
 
 def candidates(cfg, nodes: int, gpn: int):

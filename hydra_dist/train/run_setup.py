@@ -54,7 +54,24 @@ def build_loader(cfg: RunConfig, path: str, layout: Layout, state=None):
                             pack_tokens=d.pack_tokens, cfg_dropout=d.cfg_dropout)
     return StreamingBatches(path, collate, cfg.parallel.micro_batch_size, layout.dp,
                             layout.tp * layout.pp, d.shuffle, d.seed, d.num_workers, state,
-                            sources=d.sources, cache_dir=d.cache_dir, epoch_size=d.epoch_size)
+                            sources=d.sources, cache_dir=d.cache_dir, epoch_size=d.epoch_size,
+                            pin_memory=d.pin_memory, prefetch_factor=d.prefetch_factor)
+
+
+def resolve_batch(cfg: RunConfig, layout: Layout) -> int:
+    """Derives parallel.grad_accum from train.global_batch for this world (hydra-pretrain did
+    so before launch; a direct train(cfg) call gets the same check) and logs the global batch."""
+    from hydra_dist.config import ConfigError
+    from hydra_dist.config.schema import resolve_global_batch
+    errs = resolve_global_batch(cfg, layout.world)
+    if errs:
+        raise ConfigError("\n".join(f"{k}: {why}" for k, why in errs))
+    p = cfg.parallel
+    gb = p.micro_batch_size * p.grad_accum * layout.dp
+    log.info("global batch %d samples per step = micro_batch_size %d x grad_accum %d x dp %d%s",
+             gb, p.micro_batch_size, p.grad_accum, layout.dp,
+             " (train.global_batch)" if cfg.train.global_batch else "")
+    return gb
 
 
 def git_commit() -> str:
@@ -83,7 +100,8 @@ def run_tags(cfg: RunConfig, layout: Layout) -> dict:
     return {"git_commit": git_commit(), "host": socket.gethostname(), "world_size": layout.world,
             "layout": f"tp{layout.tp}-pp{layout.pp}-dp{layout.dp}-zero{cfg.parallel.zero_stage}",
             "engine": cfg.parallel.engine, "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-            "stage": cfg.name}
+            "stage": cfg.name, "global_batch": cfg.parallel.micro_batch_size *
+            cfg.parallel.grad_accum * layout.dp, "grad_accum": cfg.parallel.grad_accum}
 
 
 def write_resolved(cfg: RunConfig, run_dir: Path) -> Path:
@@ -110,5 +128,5 @@ def build_model(cfg: RunConfig, layout: Layout):
     return model
 
 
-__all__ = ["build_loader", "build_model", "make_tracker", "prepare_data", "run_tags",
+__all__ = ["build_loader", "build_model", "make_tracker", "prepare_data", "resolve_batch", "run_tags",
            "to_dict", "write_resolved"]

@@ -26,7 +26,7 @@ from hydra_dist.distributed.init import init_distributed, shutdown
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 
 from .preemption import FINISHED_MARKER, PreemptionFlag
-from .run_setup import make_tracker, prepare_data, run_tags, write_resolved
+from .run_setup import make_tracker, prepare_data, resolve_batch, run_tags, write_resolved
 
 log = logging.getLogger("hydra_dist")
 
@@ -129,6 +129,7 @@ def _train(cfg: RunConfig, layout) -> dict:
 
     from .trainer import _noise_seed, _to_device
     t, w = cfg.tokenizer, cfg.tokenizer.weights
+    resolve_batch(cfg, layout)   # parallel.grad_accum from train.global_batch
     run_dir = Path(cfg.output_dir)
     if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,8 @@ def _train(cfg: RunConfig, layout) -> dict:
         log.info("resumed from %s at step %d", run_dir / "checkpoints" / tag, state["step"])
     loader = StreamingBatches(data_path, ImageCollator(cfg.model.vit.image_size),
                               cfg.parallel.micro_batch_size, layout.dp, layout.tp * layout.pp,
-                              cfg.data.shuffle, cfg.data.seed, cfg.data.num_workers, state["data"])
+                              cfg.data.shuffle, cfg.data.seed, cfg.data.num_workers, state["data"],
+                              pin_memory=cfg.data.pin_memory, prefetch_factor=cfg.data.prefetch_factor)
     tracker = make_tracker(cfg, run_dir, layout, state["mlflow_run_id"])
     eval_imgs = held_out_images(cfg).to(device) if t.eval_images else None
     evals = {}

@@ -20,8 +20,8 @@ from hydra_dist.parallel.megatron_engine import build_megatron, megatron_step
 from . import faults
 from .preemption import FINISHED_MARKER, PreemptionFlag
 from .step import Phase, deepspeed_step, loss_denominators
-from .run_setup import (build_loader, build_model, make_tracker, prepare_data, run_tags,
-                        write_resolved)
+from .run_setup import (build_loader, build_model, make_tracker, prepare_data, resolve_batch,
+                        run_tags, write_resolved)
 
 log = logging.getLogger("hydra_dist")
 
@@ -52,6 +52,7 @@ def train(cfg: RunConfig) -> dict:
 
 
 def _train(cfg: RunConfig, layout) -> dict:
+    resolve_batch(cfg, layout)   # parallel.grad_accum from train.global_batch
     run_dir = Path(cfg.output_dir)
     if layout.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
