@@ -173,7 +173,6 @@ hydra_main() {
   hydra_log "nodes $SLURM_JOB_NODELIST ($nnodes), $ppn tasks/node, world $world, device $device, rendezvous $MASTER_ADDR:$MASTER_PORT"
 
   HYDRA_MAX_RESTARTS="${HYDRA_MAX_RESTARTS:-50}"
-  HYDRA_MAX_RESTARTS="${HYDRA_MAX_RESTARTS:-50}"
   if [ -n "$SIGNALLED" ]; then  # signalled during start-up: nothing to save yet
     hydra_requeue; return $?
   fi

@@ -4,8 +4,8 @@
 #
 #   sbatch slurm/pretrain_tokenizer.sh [CONFIG] [key=value ...]
 #
-# There is no separate tokenizer trainer yet: this runs hydra_dist.cli.pretrain (override
-# with HYDRA_ENTRY=<module> once one exists). See slurm/pretrain_unified.sh and docs/slurm.md.
+# The entry point is the same (hydra_dist.cli.pretrain): the config's `task: tokenizer` picks
+# the tokenizer trainer. See slurm/pretrain_unified.sh and docs/slurm.md.
 #
 #SBATCH --job-name=hydra-tokenizer
 #SBATCH --nodes=1

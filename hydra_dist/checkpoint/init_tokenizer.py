@@ -1,6 +1,6 @@
 """Initialise the unified model's vision tower from a trained HYDRA-TOK: `model.tokenizer_from`.
 
-The unified stages start from the tokenizer (DESIGN.md 1): patch embedding, Gen-ViT, GSB and
+The unified stages start from the tokenizer (docs/design.md): patch embedding, Gen-ViT, GSB and
 Sem-ViT come from the `tokenizer.pt` a tokenizer run writes (full tensors, loaded with
 weights_only); the pixel decoder, the teacher and the discriminator are not part of the unified
 model. Shapes must match model.vit / model.gsb exactly; TP slices are cut per rank.

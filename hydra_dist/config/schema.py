@@ -38,7 +38,7 @@ class ViTConfig:
 
 @dataclass
 class GSBConfig:
-    """Generation-Semantic Bottleneck (DESIGN.md 1)."""
+    """Generation-Semantic Bottleneck (docs/design.md)."""
     latent_channels: int = 16
     logvar_min: float = -30.0
     logvar_max: float = 20.0
@@ -278,7 +278,7 @@ class TrackingConfig:
 
 @dataclass
 class RunConfig:
-    # unified: the HYDRA model (LLM + heads); tokenizer: HYDRA-TOK pretraining (DESIGN.md 1)
+    # unified: the HYDRA model (LLM + heads); tokenizer: HYDRA-TOK pretraining (docs/design.md)
     task: Literal["unified", "tokenizer"] = "unified"
     name: str = "tiny_cpu"
     output_dir: str = "runs/tiny_cpu"

@@ -24,7 +24,7 @@ class Layout:
 
     @property
     def holds_loss(self) -> bool:
-        """Metrics are logged by the last pipeline stage, tp 0, dp 0 (DESIGN.md 2)."""
+        """Metrics are logged by the last pipeline stage, tp 0, dp 0 (docs/design.md)."""
         return self.pp_rank == self.pp - 1 and self.tp_rank == 0 and self.dp_rank == 0
 
 

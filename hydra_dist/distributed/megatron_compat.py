@@ -1,6 +1,6 @@
 """The CPU compatibility layer for megatron-core: applied only when CUDA is absent.
 
-megatron-core assumes CUDA in a few places that no config flag avoids (ENVIRONMENT.md):
+megatron-core assumes CUDA in a few places that no config flag avoids (docs/design.md):
 - the model-parallel RNG tracker reads and writes torch.cuda RNG state;
 - the pipeline schedules allocate a token counter with a `device="cuda"` literal (even the
   no-pipelining schedule);

@@ -1,4 +1,4 @@
-"""Generation-Semantic Bottleneck, exactly as DESIGN.md 1:
+"""Generation-Semantic Bottleneck, exactly as docs/design.md describes:
 [mu, logvar] = H_mid W_proj; z = mu + eps*exp(logvar/2); H_bn = mu W_unproj;
 L_reg = kl_weight * L_KL + cos_weight * (1 - cos(H_mid, H_bn)).
 """

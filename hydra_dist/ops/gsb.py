@@ -1,4 +1,4 @@
-"""GSB ops (DESIGN.md 1): reparameterisation + KL, and the cosine-consistency loss.
+"""GSB ops (docs/design.md): reparameterisation + KL, and the cosine-consistency loss.
 
 Interface used by hydra_dist.models.gsb (keep these signatures):
   gsb_reparam_kl(proj_NK, *, seed, offset, logvar_min, logvar_max, sample, impl) -> (mu, logvar, z, kl_N)

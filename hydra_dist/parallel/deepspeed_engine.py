@@ -3,7 +3,7 @@
 DeepSpeed learns the layout through `mpu`; megatron's parallel_state lacks the
 get_model_parallel_* names DeepSpeed calls, hence the adapter. The model is built first and
 partitioned by deepspeed.initialize (not zero.Init, which ignores mpu and breaks megatron's
-initialisation; ENVIRONMENT.md).
+initialisation; docs/design.md).
 """
 from __future__ import annotations
 

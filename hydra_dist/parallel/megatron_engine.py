@@ -6,7 +6,7 @@ Each rank builds only its pipeline chunks (models/pipeline_stage.py): one chunk 
 then all-reduces gradients over the DP group, clips by the global norm over every stage and
 TP shard, and steps a torch AdamW per stage.
 
-Optimizer: on CPU megatron's optimizer and grad clipping assume CUDA (ENVIRONMENT.md), so the
+Optimizer: on CPU megatron's optimizer and grad clipping assume CUDA (docs/design.md), so the
 engine keeps its own (torch AdamW, DP all-reduce, global-norm clipping), and it uses the same on
 GPU for now: megatron DDP + DistributedOptimizer is not wired yet (logged at start-up).
 

@@ -1,4 +1,4 @@
-"""HYDRA-TOK training (task: tokenizer), both stages (DESIGN.md 1).
+"""HYDRA-TOK training (task: tokenizer), both stages (docs/design.md).
 
 Stage 1: everything trains; L_FM + L_reg + L_dist (+ LPIPS / GAN by their weights).
 Stage 2: the encoder (patch, Gen-ViT, GSB, Sem-ViT) is frozen, no distillation, GAN on.

@@ -1,4 +1,4 @@
-"""The tokenizer objective (DESIGN.md 1):
+"""The tokenizer objective (docs/design.md):
   L_tok = w_fm L_FM + w_lpips L_lpips + w_gan L_gan + w_reg L_reg + w_dist L_dist
 with the paper's weights 1, 0.1, 0.075, 1, 1 by default (config tokenizer.weights).
 L_FM and L_reg come from HydraTok.forward; this module adds the terms that use networks of

@@ -1,4 +1,4 @@
-"""HYDRA-TOK (DESIGN.md 1): patchify -> Gen-ViT -> GSB -> Sem-ViT, and mu -> pixel flow decoder.
+"""HYDRA-TOK (docs/design.md): patchify -> Gen-ViT -> GSB -> Sem-ViT, and mu -> pixel flow decoder.
 
 The forward pass computes what needs the student's parameters (flow matching, GSB regulariser,
 the hidden states to distil); losses with frozen networks of their own (teacher, LPIPS,
