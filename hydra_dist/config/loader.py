@@ -198,8 +198,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     apply_overrides(raw, overrides or [], origin)
     cfg = build(RunConfig, raw, origin)
     errs = check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
-    # every path key: exists and has its format (data folders, weights, tokenizers); a superset
-    # of schema.check_paths
+    # every path key: exists and has its format (data folders, weights, tokenizers)
     errs += check_path_keys(cfg) if check_files else []
     if errs:
         raise ConfigError("\n".join(f"{_where(origin, k)}: {k}: {why}" for k, why in errs))

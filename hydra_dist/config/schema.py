@@ -6,7 +6,6 @@ group starts.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional
 
@@ -336,22 +335,6 @@ def check_values(cfg: RunConfig) -> list[tuple[str, str]]:
     need(cfg.checkpoint.every >= 1, "checkpoint.every", "must be >= 1")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1")
     return errs + (check_tokenizer(cfg) if cfg.task == "tokenizer" else [])
-
-
-def check_paths(cfg: RunConfig) -> list[tuple[str, str]]:
-    """Local data folders that must exist before a run starts (remote URIs are not checked).
-    Separate from check_values so --print-config and shape tests work where the data is not
-    mounted; hydra-pretrain runs it before any process group starts."""
-    def missing(path: str) -> bool:
-        return bool(path) and "://" not in path and not os.path.isfile(os.path.join(path, "index.json"))
-
-    d = cfg.data
-    if d.sources:
-        return [(f"data.sources[{i}].path", f"{s.path} is not an MDS folder (no index.json)")
-                for i, s in enumerate(d.sources) if not s.remote and missing(s.path)]
-    if missing(d.path):
-        return [("data.path", f"{d.path} is not an MDS folder (no index.json)")]
-    return []
 
 
 def derive_grad_accum(global_batch: int, micro: int, dp: int) -> tuple[int, str]:

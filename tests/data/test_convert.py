@@ -81,7 +81,7 @@ def test_webdataset_tars(tmp_path):
 
 
 def test_parquet_bytes_and_hf_struct(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # parquet input is supported: a missing pyarrow must fail, not skip
     import pyarrow.parquet as pq
     src = tmp_path / "pq"
     src.mkdir()

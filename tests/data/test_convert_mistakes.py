@@ -43,7 +43,7 @@ def _llava_turn_without_from(tmp):
 
 
 def _parquet_missing_column(tmp):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # parquet input is supported: a missing pyarrow must fail, not skip
     import pyarrow.parquet as pq
     pq.write_table(pa.table({"jpg": [jpeg_bytes(0)], "text": ["x"]}), tmp / "p.parquet")
     return (["parquet", str(tmp / "p.parquet"), "--image-column", "image", "--caption-column", "text"],
