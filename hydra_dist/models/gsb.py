@@ -29,6 +29,6 @@ class GSB(nn.Module):
 
     def reg_loss(self, h_mid_BND, h_bn_BND, kl_BN):
         """Tokenizer regulariser; returns (L_reg, L_KL, L_cos) as means over tokens."""
-        l_kl = kl_BN.mean()
-        l_cos = gsb_cosine_loss(h_mid_BND, h_bn_BND, impl=self.cfg.kernel).mean()
+        l_kl = kl_BN.float().mean()  # loss reductions in fp32 under bf16 compute
+        l_cos = gsb_cosine_loss(h_mid_BND, h_bn_BND, impl=self.cfg.kernel).float().mean()
         return self.cfg.kl_weight * l_kl + self.cfg.cos_weight * l_cos, l_kl, l_cos

@@ -54,7 +54,9 @@ class TimeEmbed(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t_B):
-        return self.mlp(timestep_embedding(t_B, self.dim))
+        # the sinusoids are built in fp32 (exact phases for t*1000), then meet the Linear in its
+        # own dtype: under bf16 the Linear is bf16 and a fp32 input would fail the matmul
+        return self.mlp(timestep_embedding(t_B, self.dim).to(self.mlp[0].weight.dtype))
 
 
 class AdaLNBlock(nn.Module):

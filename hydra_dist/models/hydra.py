@@ -111,7 +111,9 @@ class HydraModel(nn.Module):
                       else torch.rand(1, generator=gen))
             epss.append(torch.randn(mu_BNC.shape[1:], generator=gen))
         t = shift_time(torch.cat(ts), self.cfg.time_shift)
-        return t.to(mu_BNC), torch.stack(epss).to(mu_BNC)
+        # fp32 on mu's device whatever the compute dtype: x_t and the target eps - mu are formed
+        # in fp32, x_t is then cast to the compute dtype
+        return t.to(mu_BNC.device, torch.float32), torch.stack(epss).to(mu_BNC.device, torch.float32)
 
     # --- training forward --------------------------------------------------------------
     def forward(self, batch: dict, noise_seed: int = 0, ntp_den=None, fm_den=None) -> dict:
@@ -125,10 +127,10 @@ class HydraModel(nn.Module):
         # Noise per sample from (step seed, sample id): identical on TP peers, independent of how
         # samples are split over DP ranks and micro-batches, reproducible on resume.
         t, eps = self.flow_noise(batch["sample_ids"], noise_seed, mu)
-        is_gen = batch["is_gen"].to(mu.dtype)
+        is_gen = batch["is_gen"].float()
         t = t * is_gen
-        tt = t[:, None, None].to(mu.dtype)
-        x_t = (1 - tt) * mu + tt * eps
+        tt = t[:, None, None]
+        x_t = ((1 - tt) * mu.float() + tt * eps).to(mu.dtype)
         vis_BMH = self.visual_tokens(x_t)
 
         emb = self.llm.embed_tokens(batch["input_ids"])
@@ -143,9 +145,9 @@ class HydraModel(nn.Module):
         h_vis = h.reshape(R * S, H)[vidx.clamp(min=0)]    # [I, M, H]
         skip = merge_patches(x_t, self.cfg.head.merge) if self.cfg.head.latent_skip else None
         v_pred = self.flow_head(h_vis, t, skip)
-        v_target = merge_patches(eps - mu, self.cfg.head.merge)
-        per_image = (v_pred.float() - v_target.float()).pow(2).mean(dim=(1, 2))
-        w = is_gen.float() * batch["image_weight"].float()
+        v_target = merge_patches(eps - mu.float(), self.cfg.head.merge)
+        per_image = (v_pred.float() - v_target).pow(2).mean(dim=(1, 2))
+        w = is_gen * batch["image_weight"].float()
         l_fm = (per_image * w).sum() / (w.sum().clamp(min=1.0) if fm_den is None else fm_den)
         # Unplaced (dummy) visual tokens join the graph with weight 0, so the vision tower's
         # parameters see a backward pass on every rank (ZeRO-3 reduce-scatters stay in step).

@@ -83,8 +83,17 @@ class QwenLM(nn.Module):
     def logits(self, h_BSH):
         """Vocab-parallel logits [B,S,V/tp]."""
         if self.lm_head is None:
-            return torch.matmul(h_BSH, self.embed.weight.t())
+            return tied_logits(h_BSH, self.embed.weight)
         return self.lm_head(h_BSH)[0]
+
+
+def tied_logits(h_BSH, embed_weight_VH):
+    """Logits on the (vocab-parallel) embedding weight. Each TP rank holds V/tp rows, so dL/dh
+    from one rank covers only its vocabulary slice: copy_to_tensor_model_parallel_region is the
+    identity forward and all-reduces the gradient over the TP group backward, exactly as
+    megatron's ColumnParallelLinear does for an untied head."""
+    h_BSH = tensor_parallel.copy_to_tensor_model_parallel_region(h_BSH)
+    return torch.matmul(h_BSH, embed_weight_VH.t())
 
 
 def ntp_loss(logits_BSV, labels_BS, denominator=None):

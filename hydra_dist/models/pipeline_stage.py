@@ -31,7 +31,7 @@ from .heads import merge_patches
 from .hydra import HydraModel, build_flow_head, build_sem_cls, build_vision
 from .layers import RMSNorm, rope_cos_sin
 from .llm import (SEED_FLOW_HEAD, SEED_VISION, make_embed, make_layer, make_lm_head, ntp_loss,
-                  seed_piece)
+                  seed_piece, tied_logits)
 
 
 def chunk_layers(num_layers: int, chunk: int, num_chunks: int) -> range:
@@ -144,9 +144,9 @@ class HydraStage(nn.Module):
         if not self.gsb.proj.weight.requires_grad:
             mu = mu.detach()
         t, eps = self.flow_noise(batch["sample_ids"], noise_seed, mu)
-        t = t * batch["is_gen"].to(mu.dtype)
+        t = t * batch["is_gen"].float()
         tt = t[:, None, None]
-        x_t = (1 - tt) * mu + tt * eps
+        x_t = ((1 - tt) * mu.float() + tt * eps).to(mu.dtype)
         vis_BMH = self.visual_tokens(x_t)
         emb = self.llm.embed(batch["input_ids"])
         R, S, H = emb.shape
@@ -155,7 +155,7 @@ class HydraStage(nn.Module):
         emb_flat = emb.reshape(R * S, H).index_copy(0, vidx[placed], vis_BMH[placed].to(emb.dtype))
         # dummy visual tokens join the graph with weight 0, as in HydraModel.forward
         h = emb_flat.reshape(R, S, H) + 0.0 * vis_BMH[~placed].sum()
-        target = merge_patches(eps - mu, self.cfg.head.merge)            # [I, M, m^2 C]
+        target = merge_patches(eps - mu.float(), self.cfg.head.merge)    # [I, M, m^2 C] fp32
         I = target.shape[0]
         if I > R:
             raise ValueError(f"{I} images in a micro-batch of {R} rows: the pipeline payload "
@@ -163,7 +163,8 @@ class HydraStage(nn.Module):
         parts = [target.reshape(I, -1)]
         if self.cfg.head.latent_skip:
             parts.append(merge_patches(x_t, self.cfg.head.merge).reshape(I, -1))
-        per_image = torch.cat(parts + [t[:, None]], dim=1)              # [I, (1|2) M m^2C + 1]
+        # the payload travels in the activation dtype (megatron's pipeline_dtype)
+        per_image = torch.cat([q.to(h.dtype) for q in parts] + [t[:, None].to(h.dtype)], dim=1)
         P = payload_rows(self.cfg)
         per_image = nn.functional.pad(per_image, (0, P * H - per_image.shape[1]))
         flat = torch.cat([per_image, per_image.new_zeros(R - I, P * H)])  # column i: image i
@@ -190,5 +191,7 @@ class HydraStage(nn.Module):
 
     def llm_logits(self, h_BSH):
         if self.llm.lm_head is None:
-            raise ValueError("tied word embeddings are not supported with the megatron engine")
+            # tied: at pp=1 this one chunk holds the embedding too (the config check refuses
+            # tied embeddings with pp > 1, where first and last stage would have to share it)
+            return tied_logits(h_BSH, self.llm.embed.weight)
         return self.llm.lm_head(h_BSH)[0]

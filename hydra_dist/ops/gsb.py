@@ -125,12 +125,18 @@ def reparam_kl_reference(proj_NK, seed: int, offset: int, logvar_min: float, log
         z = mu + eps * torch.exp(0.5 * logvar)
     else:
         z = mu
-    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
+    # KL accumulated in fp32 whatever the compute dtype (the CUDA kernel does the same), then
+    # returned in the input dtype like the kernel's output
+    lv32, mu32 = logvar.float(), mu.float()
+    kl = (-0.5 * (1 + lv32 - mu32.pow(2) - lv32.exp()).sum(-1)).to(proj_NK.dtype)
     return mu, logvar, z, kl
 
 
 def cosine_loss_reference(h_mid_ND, h_bn_ND):
-    return 1.0 - torch.nn.functional.cosine_similarity(h_mid_ND, h_bn_ND, dim=-1, eps=COS_EPS)
+    # norms and dot product in fp32 (bf16 sums over D=1024 lose ~3 digits), returned in the
+    # input dtype like the kernel
+    return (1.0 - torch.nn.functional.cosine_similarity(h_mid_ND.float(), h_bn_ND.float(), dim=-1,
+                                                        eps=COS_EPS)).to(h_mid_ND.dtype)
 
 
 # --- public ops -----------------------------------------------------------------------------

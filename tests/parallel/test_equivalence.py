@@ -62,3 +62,23 @@ def test_tp2_dp2_zero3_four_processes_equals_single_process(reference, tmp_path)
 
 def test_activation_checkpointing_changes_nothing(reference, tmp_path):
     assert_same(reference, run(tmp_path, "ckpt", 1, 1, 0, "parallel.activation_checkpointing=true"))
+
+
+TIED = "model.llm.tie_word_embeddings=true"  # as Qwen2.5-1.5B: the LM head is the embedding
+
+
+@pytest.fixture(scope="module")
+def reference_tied(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("ref_tied"), "ref_tied", 1, 1, 0, TIED)
+
+
+def test_tied_head_tp2_equals_tp1(reference_tied, tmp_path):
+    """The tied head's dL/dh is all-reduced over TP (llm.tied_logits): without it each rank's
+    hidden-state gradient covers only its vocabulary slice and every gradient below the head
+    is wrong."""
+    assert "llm.embed.weight" in reference_tied["grads"]
+    assert_same(reference_tied, run(tmp_path, "tied_tp2", 2, 2, 0, TIED))
+
+
+def test_tied_head_zero3_equals_single_process(reference_tied, tmp_path):
+    assert_same(reference_tied, run(tmp_path, "tied_z3", 2, 1, 3, TIED))

@@ -82,7 +82,9 @@ class HydraTok(nn.Module):
             ts.append(torch.sigmoid(z) if self.tok_cfg.time_sampling == "logit_normal"
                       else torch.rand(1, generator=gen))
             epss.append(torch.randn(like_B3HW.shape[1:], generator=gen))
-        return torch.cat(ts).to(like_B3HW), torch.stack(epss).to(like_B3HW)
+        # fp32 on the image's device: the flow target eps - x is formed in fp32 under bf16
+        return (torch.cat(ts).to(like_B3HW.device, torch.float32),
+                torch.stack(epss).to(like_B3HW.device, torch.float32))
 
     # --- training forward --------------------------------------------------------------
     def encode_for_decoder(self, batch: dict, noise_seed: int, semantic: bool):
@@ -100,7 +102,7 @@ class HydraTok(nn.Module):
         tt = t[:, None, None, None]
         return x, {"gen_hidden": gen_hidden, "sem_hidden": sem_hidden, "mu": mu, "z": z,
                    "reg": l_reg, "kl": l_kl, "cos": l_cos, "t": t, "eps": eps,
-                   "x_t": (1 - tt) * x + tt * eps}
+                   "x_t": ((1 - tt) * x.float() + tt * eps).to(x.dtype)}
 
     def forward(self, batch: dict, noise_seed: int = 0, semantic: bool = True) -> dict:
         """Flow matching and GSB regulariser on a batch {images [B,3,H,W] in [-1,1], sample_ids [B]}.
@@ -110,7 +112,7 @@ class HydraTok(nn.Module):
         l_reg, l_kl, l_cos, t, eps, x_t = e["reg"], e["kl"], e["cos"], e["t"], e["eps"], e["x_t"]
         tt = t[:, None, None, None]
         v_pred = self.decoder(x_t, t, z)
-        l_fm = (v_pred.float() - (eps - x).float()).pow(2).mean()
+        l_fm = (v_pred.float() - (eps - x.float())).pow(2).mean()
         return {"fm": l_fm, "reg": l_reg, "kl": l_kl.detach(), "cos": l_cos.detach(),
                 "x0_pred": x_t - tt * v_pred, "v_pred": v_pred, "t": t, "eps": eps, "x_t": x_t,
                 "mu": mu, "z": z, "hidden": gen_hidden + sem_hidden}
