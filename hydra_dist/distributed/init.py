@@ -72,6 +72,39 @@ def init_distributed(tp: int, pp: int, timeout_s: int, backend: str = "auto") ->
                   dp_rank=ps.get_data_parallel_rank())
 
 
+# --- the collective-device rule ---------------------------------------------------------------
+# On a cluster the process groups are NCCL, which takes CUDA tensors only; on CPU they are gloo.
+# Every collective this project issues itself (loss denominators, the non-finite and preemption
+# flags, logged metrics, gradient buffers of the megatron engine and the GAN discriminator)
+# hands over tensors placed by to_comm: on the current CUDA device for an NCCL group, on the CPU
+# for gloo. (A mixed `cpu:gloo,cuda:nccl` default group would also serve CPU tensors, but
+# megatron-core and DeepSpeed create their own groups NCCL-only, so the rule is the one that
+# holds for every group.) tests/distributed/test_comm_rule.py checks every collective of real
+# runs of both tasks on both engines against it.
+COMM_MARK = "hydra_comm_placed"
+
+
+def comm_device(group=None) -> torch.device:
+    """The device whose tensors a collective on `group` takes: CUDA (the current device) for
+    NCCL, CPU for gloo."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def to_comm(t: torch.Tensor, group=None) -> torch.Tensor:
+    """t on the device `group`'s backend serves (a no-op when it is there already), marked as
+    placed by the rule."""
+    out = t.to(comm_device(group))
+    setattr(out, COMM_MARK, True)
+    return out
+
+
+def comm_tensor(values, dtype=torch.float64, group=None) -> torch.Tensor:
+    """A small tensor of Python numbers for a collective on `group`."""
+    return to_comm(torch.tensor(values, dtype=dtype), group)
+
+
 def shutdown() -> None:
     from megatron.core import parallel_state as ps
     if ps.model_parallel_is_initialized():

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
 from hydra_dist.config.schema import RunConfig
+from hydra_dist.distributed.init import to_comm
 from hydra_dist.models.hydra import HydraModel, init_base_seed
 from hydra_dist.models.layers import mp_config
 from hydra_dist.models.pipeline_stage import HydraStage, pad_rows, payload_rows
@@ -138,6 +139,7 @@ class MegatronEngine:
         acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         for d in stored or []:
             acc += torch.stack([d[k].reshape(()).double() for k in keys])
+        acc = to_comm(acc)
         if p.pp > 1:  # the last stage holds the losses: give them to every stage
             dist.all_reduce(acc, group=ps.get_pipeline_model_parallel_group())
         dist.all_reduce(acc, group=ps.get_data_parallel_group())
@@ -162,7 +164,7 @@ class MegatronEngine:
         if dp == 1 or not self.params:
             return
         grads = [prm.grad for prm in self.params]
-        flat = torch._utils._flatten_dense_tensors(grads)
+        flat = to_comm(torch._utils._flatten_dense_tensors(grads))
         dist.all_reduce(flat, group=ps.get_data_parallel_group())
         flat /= dp
         for g, new in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
@@ -176,6 +178,7 @@ class MegatronEngine:
         for prm in self.params:
             if getattr(prm, "tensor_model_parallel", False) or tp_rank == 0:
                 sq += prm.grad.float().pow(2).sum()
+        sq = to_comm(sq)
         dist.all_reduce(sq, group=ps.get_model_parallel_group())
         norm = sq.sqrt().item()
         if max_norm and max_norm > 0:

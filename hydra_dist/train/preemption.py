@@ -11,6 +11,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from hydra_dist.distributed.init import comm_tensor
+
 log = logging.getLogger("hydra_dist")
 EXIT_PREEMPTED = 0   # a clean save; the launcher decides whether to requeue (see slurm/)
 FINISHED_MARKER = "FINISHED"
@@ -29,7 +31,8 @@ class PreemptionFlag:
 
     def agreed(self) -> bool:
         """True on every rank if any rank was signalled (ranks may get signals at different times)."""
-        flag = torch.tensor([1.0 if self.raised else 0.0])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not dist.is_initialized():
+            return self.raised is not None
+        flag = comm_tensor([1.0 if self.raised else 0.0], torch.float32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)

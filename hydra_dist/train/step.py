@@ -7,6 +7,8 @@ import logging
 import torch
 import torch.distributed as dist
 
+from hydra_dist.distributed.init import comm_tensor, to_comm
+
 from .faults import nan_micro
 
 log = logging.getLogger("hydra_dist")
@@ -25,19 +27,19 @@ def loss_denominators(batches, dp_group, dp: int):
     """Global (labelled tokens, generation images, real tokens) of a step, over all micro-batches
     and DP ranks; returns (ntp_den, fm_den, counts) scaled so DeepSpeed's DP averaging yields
     the exact global per-token / per-image mean."""
-    counts = torch.tensor([sum(float(b["labels"].ge(0).sum()) for b in batches),
-                           sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches),
-                           sum(float(b["segment_ids"].gt(0).sum()) for b in batches)],
-                          dtype=torch.float64)
+    counts = comm_tensor([sum(float(b["labels"].ge(0).sum()) for b in batches),
+                          sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches),
+                          sum(float(b["segment_ids"].gt(0).sum()) for b in batches)], group=dp_group)
     Phase.set("all_reduce of loss denominators")
     dist.all_reduce(counts, group=dp_group)
+    counts = counts.cpu()
     ga = len(batches)
     return max(counts[0].item(), 1.0) / (dp * ga), max(counts[1].item(), 1.0) / (dp * ga), counts
 
 
 def _all_finite(loss: torch.Tensor) -> bool:
     """True on every rank only if every rank's loss is finite (so all skip together)."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+    bad = comm_tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], torch.float32)
     Phase.set("all_reduce of the non-finite loss flag")
     dist.all_reduce(bad, op=dist.ReduceOp.MAX)
     return bad.item() == 0.0
@@ -71,5 +73,6 @@ def deepspeed_step(engine, batches, to_device, noise_seed: int, ntp_den: float, 
         acc += torch.stack([loss.detach().double().cpu(), out["ntp"].double().cpu(),
                             out["fm"].double().cpu()])
     Phase.set("all_reduce of logged losses")
+    acc = to_comm(acc, dp_group)
     dist.all_reduce(acc, group=dp_group)
-    return {"acc": acc, "skipped": False}
+    return {"acc": acc.cpu(), "skipped": False}

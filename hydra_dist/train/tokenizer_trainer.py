@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from hydra_dist.checkpoint import CheckpointManager
 from hydra_dist.config import RunConfig, to_dict
-from hydra_dist.distributed.init import init_distributed, shutdown
+from hydra_dist.distributed.init import comm_tensor, init_distributed, shutdown, to_comm
 from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 
 from .preemption import FINISHED_MARKER, PreemptionFlag
@@ -206,11 +206,12 @@ def _train(cfg: RunConfig, layout) -> dict:
                     acc[k] += v / ga
         if gan_on:   # replicated discriminator: average its grads over DP, then step
             for prm in disc.parameters():
-                dist.all_reduce(prm.grad, group=dp_group)
-                prm.grad /= layout.dp
+                g = to_comm(prm.grad, dp_group)
+                dist.all_reduce(g, group=dp_group)
+                prm.grad = (g / layout.dp).to(prm.grad.device)
             d_opt.step()
             d_opt.zero_grad(set_to_none=True)
-        vec = torch.tensor([acc[k] for k in keys], dtype=torch.float64)
+        vec = comm_tensor([acc[k] for k in keys], group=dp_group)
         dist.all_reduce(vec, group=dp_group)
         step += 1
         g_samples = cfg.parallel.micro_batch_size * ga * layout.dp

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from hydra_dist.distributed.init import to_comm
+
 
 def is_tp(p) -> bool:
     return bool(getattr(p, "tensor_model_parallel", False)) and \
@@ -33,7 +35,7 @@ def gather(p) -> torch.Tensor:
         return t.clone()
     group = ps.get_tensor_model_parallel_group()
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, t.contiguous(), group=group)
+    dist.all_gather(parts, to_comm(t.contiguous(), group), group=group)
     return torch.cat(parts, dim=p.partition_dim)
 
 
