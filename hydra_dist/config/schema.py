@@ -378,6 +378,9 @@ def check_layout(cfg: RunConfig, world_size: int) -> list[tuple[str, str]]:
         errs.append(("parallel.pp", "the deepspeed engine runs ZeRO over DP x TP only; "
                      "DeepSpeed refuses ZeRO-2/3 with pipeline parallelism (use pp=1)"))
     errs += _check_megatron_layout(cfg)
+    if cfg.model.attention == "flash" and p.precision == "fp32":
+        errs.append(("model.attention", "flash-attn computes in bf16/fp16 only; with "
+                     "parallel.precision=fp32 use model.attention=auto (the reference path)"))
     llm = cfg.model.llm
     for key, n in (("model.llm.num_heads", llm.num_heads), ("model.llm.num_kv_heads", llm.num_kv_heads),
                    ("model.vit.num_heads", cfg.model.vit.num_heads)):
@@ -424,8 +427,6 @@ def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
                          "first and the last stage; not supported with pp > 1"))
     if p.virtual_pp > 1 and p.pp == 1:
         errs.append(("parallel.virtual_pp", "virtual pipeline stages need parallel.pp > 1"))
-    if p.precision != "fp32":
-        errs.append(("parallel.precision", "the megatron engine runs fp32 only so far"))
     return errs
 
 
@@ -451,6 +452,4 @@ def _check_megatron_tokenizer(cfg: RunConfig) -> list[tuple[str, str]]:
         if val > 0:
             errs.append((f"tokenizer.weights.{key}", f"{val} > 0 is not supported with "
                          "parallel.engine=megatron (use the deepspeed engine, or 0)"))
-    if p.precision != "fp32":
-        errs.append(("parallel.precision", "the megatron engine runs fp32 only so far"))
     return errs

@@ -56,6 +56,9 @@ def init_distributed(tp: int, pp: int, timeout_s: int, backend: str = "auto") ->
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
+    # fp32 matmuls and convolutions on tensor cores (TF32): what the planner's fp32 peak assumes
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout_s))

@@ -67,7 +67,11 @@ class HydraModel(nn.Module):
         seed_piece(init_base, SEED_FLOW_HEAD)
         self.flow_head = build_flow_head(cfg)
         self.apply_freeze(cfg.freeze)
-        self.attn_path = resolve_attention(cfg.attention)
+
+    def attention_path(self) -> str:
+        """Resolved per forward from the weights' dtype: DeepSpeed casts the model to bf16 after
+        it is built, and flash-attn refuses fp32 (ops/attention.resolve_attention)."""
+        return resolve_attention(self.cfg.attention, next(iter(self.parameters())).dtype)
 
     def part_modules(self) -> dict:
         sem = [self.sem_vit] + ([self.sem_cls] if self.sem_cls is not None else [])
@@ -138,7 +142,7 @@ class HydraModel(nn.Module):
         vidx = batch["visual_index"]                      # [I, M] flat into R*S, -1 = dummy
         placed = vidx >= 0
         emb_flat = emb.reshape(R * S, H).index_copy(0, vidx[placed], vis_BMH[placed].to(emb.dtype))
-        mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attn_path)
+        mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attention_path())
         h = self.llm(emb_flat.reshape(R, S, H), mask, batch["position_ids"])
 
         l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)

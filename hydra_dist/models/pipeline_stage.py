@@ -96,7 +96,6 @@ class HydraStage(nn.Module):
             seed_piece(init_base, SEED_FLOW_HEAD)
             self.flow_head = build_flow_head(cfg)
         HydraModel.apply_freeze(self, cfg.freeze)
-        self.attn_path = resolve_attention(cfg.attention)
         self.checkpointing = False
         self.input_tensor = None
 
@@ -104,6 +103,7 @@ class HydraStage(nn.Module):
     encode_latent = HydraModel.encode_latent
     visual_tokens = HydraModel.visual_tokens
     flow_noise = HydraModel.flow_noise
+    attention_path = HydraModel.attention_path
 
     def part_modules(self) -> dict:
         """The parts this chunk holds (the optimizer's parameter groups)."""
@@ -125,7 +125,7 @@ class HydraStage(nn.Module):
         else:
             x = self.input_tensor
             h, payload = x[:S].transpose(0, 1), x[S:]
-        mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attn_path)
+        mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attention_path())
         c = self.cfg.llm
         rope = rope_cos_sin(batch["position_ids"], c.hidden_size // c.num_heads, c.rope_theta, h.dtype)
         for layer in self.llm.layers.values():

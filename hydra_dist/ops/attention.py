@@ -27,13 +27,24 @@ def flash_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_attention(kind: str) -> str:
-    """model.attention -> the path that runs: 'flash', 'emulated' (the planner on the CPU
-    emulation, for tests) or 'reference'. Asking for flash without flash-attn is an error."""
+HALF = (torch.bfloat16, torch.float16)
+
+
+def resolve_attention(kind: str, dtype: torch.dtype = torch.bfloat16) -> str:
+    """model.attention and the compute dtype -> the path that runs: 'flash', 'emulated' (the
+    planner on the CPU emulation, for tests) or 'reference'. flash-attn takes fp16/bf16 only,
+    so `auto` under fp32 is the reference path; asking for flash without flash-attn, or under
+    fp32, is an error."""
     if kind == "flash" and not flash_available():
         raise RuntimeError("model.attention=flash but flash-attn is not installed or CUDA is "
                            "absent (pip install '.[gpu]' on a GPU node)")
-    path = ("flash" if flash_available() else "reference") if kind == "auto" else kind
+    if kind == "flash" and dtype not in HALF:
+        raise RuntimeError(f"model.attention=flash computes in bf16/fp16 but the model runs in "
+                           f"{dtype}: set parallel.precision=bf16 or model.attention=auto")
+    if kind == "auto":
+        path = "flash" if flash_available() and dtype in HALF else "reference"
+    else:
+        path = kind
     if path not in _LOGGED:
         _LOGGED.add(path)
         log.info("attention path: %s (model.attention=%s)", path, kind)

@@ -52,6 +52,11 @@ def ds_config(cfg: RunConfig, cuda: bool | None = None) -> dict:
         "gradient_clipping": cfg.train.optim.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": p.precision == "bf16"},
+        # bf16 compute, fp32 everywhere precision is lost by summing: gradients are reduced over
+        # DP in fp32 and accumulated over micro-batches in fp32 (ZeRO keeps fp32 master weights
+        # and Adam state itself); with fp32 training both are fp32 anyway
+        "communication_data_type": "fp32",
+        "data_types": {"grad_accum_dtype": "fp32"},
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,

@@ -6,9 +6,15 @@ Each rank builds only its pipeline chunks (models/pipeline_stage.py): one chunk 
 then all-reduces gradients over the DP group, clips by the global norm over every stage and
 TP shard, and steps a torch AdamW per stage.
 
-Optimizer: on CPU megatron's optimizer and grad clipping assume CUDA (docs/design.md), so the
-engine keeps its own (torch AdamW, DP all-reduce, global-norm clipping), and it uses the same on
-GPU for now: megatron DDP + DistributedOptimizer is not wired yet (logged at start-up).
+Precision: parallel.precision=bf16 computes in bf16 (chunks cast, pipeline p2p in bf16) with
+fp32 master weights, fp32 gradient accumulation and fp32 Adam state (MasterParams); fp32 runs
+the chunks as they are (TF32 matmuls on GPU, distributed/init.py).
+
+Optimizer: megatron-core's DistributedDataParallel and DistributedOptimizer allocate their
+grad buffers on torch.cuda.current_device() and use CUDA streams/events for the overlapped
+reduce, so they cannot run on CPU/gloo where this is tested; the engine keeps its own (torch
+AdamW on fp32 masters, one flat DP all-reduce after the schedule, global-norm clipping) on CPU
+and, until a GPU check proves megatron's, on GPU too (logged at start-up).
 
 Loss normalisation: the trainer's ntp_den / fm_den are global counts / (dp * grad_accum);
 megatron divides each micro-batch loss by num_microbatches and we average gradients over DP,
@@ -34,6 +40,10 @@ from hydra_dist.parallel.deepspeed_engine import lr_lambda, param_groups
 log = logging.getLogger("hydra_dist")
 
 
+def compute_dtype(cfg: RunConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.parallel.precision == "bf16" else torch.float32
+
+
 def schedule_config(cfg: RunConfig):
     # A TransformerConfig only because the schedules read some of its fields; our layers are
     # built from models/layers.py's config, not from this one.
@@ -45,7 +55,7 @@ def schedule_config(cfg: RunConfig):
         num_layers=shape.num_layers, hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads,
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
         virtual_pipeline_model_parallel_size=p.virtual_pp if p.virtual_pp > 1 else None,
-        pipeline_dtype=torch.float32, params_dtype=torch.float32, use_cpu_initialization=True,
+        pipeline_dtype=compute_dtype(cfg), params_dtype=compute_dtype(cfg), use_cpu_initialization=True,
         # unbatched p2p: batch_isend_irecv + cuda.synchronize buys nothing on gloo
         batch_p2p_comm=False, overlap_p2p_comm=False)
 
@@ -71,6 +81,52 @@ class _Chunks(torch.nn.Module):
         return out
 
 
+class MasterParams:
+    """bf16 compute with fp32 master weights and fp32 gradients, as megatron's
+    Float16OptimizerWithFloat16Params keeps them (whose CUDA-only code cannot run on CPU; this
+    is its CPU twin): each trainable bf16 parameter has an fp32 master the optimizer steps and
+    an fp32 main_grad that every micro-batch's bf16 gradient is added into as soon as it is
+    accumulated (so summing micro-batches and DP ranks happens in fp32); after the step the
+    bf16 weights are the masters rounded."""
+
+    def __init__(self, model, params, groups):
+        self.model, self.params = model, params
+        self.masters = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+        for p in params:
+            p.main_grad = torch.zeros_like(p, dtype=torch.float32)
+            p.register_post_accumulate_grad_hook(self._accumulate)
+        by_id = {id(p): m for p, m in zip(params, self.masters)}
+        for g in groups:  # the optimizer steps the masters, group by group as before
+            g["params"] = [by_id[id(p)] for p in g["params"]]
+
+    @staticmethod
+    def _accumulate(p) -> None:
+        p.main_grad.add_(p.grad.float())
+        p.grad = None
+
+    def zero_grads(self) -> None:
+        for p in self.params:
+            p.main_grad.zero_()
+
+    def main_grads(self) -> list:
+        return [p.main_grad for p in self.params]
+
+    def hand_grads(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            m.grad = p.main_grad
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for p, m in zip(self.params, self.masters):
+            p.copy_(m)
+
+    def named_masters(self) -> dict:
+        """{state-dict name: fp32 master} for this rank's trainable parameters."""
+        by_id = {id(p): m for p, m in zip(self.params, self.masters)}
+        return {n: by_id[id(p)] for c in self.model.chunks for n, p in c.named_parameters()
+                if id(p) in by_id}
+
+
 class MegatronEngine:
     checkpoint_engine = None  # CheckpointManager asks DeepSpeed engines for theirs
     kind = "megatron"         # files per (pp, tp); DP replicas hold the same state
@@ -79,11 +135,13 @@ class MegatronEngine:
         self.cfg, self.layout, self.device = cfg, layout, device
         self.model = _Chunks(chunks)
         o = cfg.train.optim
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg), lr=o.lr,
-                                           betas=tuple(o.betas), eps=o.eps)
+        groups = param_groups(self.model, cfg)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.master = MasterParams(self.model, self.params, groups) \
+            if cfg.parallel.precision == "bf16" else None
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.grad_norm = 0.0
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
         # the loss terms a stage's forward returns (HydraStage: loss, ntp, fm; TokStage more)
         self.metric_keys = getattr(chunks[0], "metric_keys", ("loss", "ntp", "fm"))
 
@@ -117,6 +175,8 @@ class MegatronEngine:
             seq = S + payload_rows(self.cfg.model)
         for prm in self.params:
             prm.grad = None
+        if self.master is not None:
+            self.master.zero_grads()
         counter = {"micro": 0}
 
         def loss_func(out):
@@ -147,44 +207,57 @@ class MegatronEngine:
         if not torch.isfinite(acc).all():  # identical on every rank: all skip together
             for prm in self.params:
                 prm.grad = None
+            if self.master is not None:
+                self.master.zero_grads()
             return {"acc": torch.full((len(keys),), float("nan"), dtype=torch.float64), "skipped": True}
-        self._reduce_grads()
-        self.grad_norm = self._clip(self.cfg.train.optim.grad_clip)
+        grads = self._grads()
+        self._reduce_grads(grads)
+        self.grad_norm = self._clip(grads, self.cfg.train.optim.grad_clip)
+        if self.master is not None:
+            self.master.hand_grads()
         self.optimizer.step()
+        if self.master is not None:
+            self.master.copy_to_model()
         self.scheduler.step()
         mean = (acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()
         return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm, **dict(zip(keys, mean))}
 
-    def _reduce_grads(self) -> None:
-        """Average gradients over DP (one flat buffer: one collective per step)."""
+    def _grads(self) -> list:
+        """The step's gradient of each trainable parameter: its fp32 main_grad under bf16, else
+        .grad (zeros where a parameter got none: the same buffer layout on every DP rank)."""
+        if self.master is not None:
+            return self.master.main_grads()
         for prm in self.params:
-            if prm.grad is None:  # same buffer layout on every DP rank
+            if prm.grad is None:
                 prm.grad = torch.zeros_like(prm)
+        return [prm.grad for prm in self.params]
+
+    def _reduce_grads(self, grads) -> None:
+        """Average gradients over DP (one flat buffer: one collective per step)."""
         dp = ps.get_data_parallel_world_size()
-        if dp == 1 or not self.params:
+        if dp == 1 or not grads:
             return
-        grads = [prm.grad for prm in self.params]
         flat = to_comm(torch._utils._flatten_dense_tensors(grads))
         dist.all_reduce(flat, group=ps.get_data_parallel_group())
         flat /= dp
         for g, new in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(new)
 
-    def _clip(self, max_norm: float) -> float:
+    def _clip(self, grads, max_norm: float) -> float:
         """Global L2 norm over every stage and TP shard (replicated tensors counted once), then
         torch.nn.utils.clip_grad_norm_'s scaling."""
         tp_rank = ps.get_tensor_model_parallel_rank()
         sq = torch.zeros(1, dtype=torch.float32, device=self.device)
-        for prm in self.params:
+        for prm, g in zip(self.params, grads):
             if getattr(prm, "tensor_model_parallel", False) or tp_rank == 0:
-                sq += prm.grad.float().pow(2).sum()
+                sq += g.float().pow(2).sum()
         sq = to_comm(sq)
         dist.all_reduce(sq, group=ps.get_model_parallel_group())
         norm = sq.sqrt().item()
         if max_norm and max_norm > 0:
             coef = min(max_norm / (norm + 1e-6), 1.0)
-            for prm in self.params:
-                prm.grad.mul_(coef)
+            for g in grads:
+                g.mul_(coef)
         return norm
 
     def get_global_grad_norm(self) -> float:
@@ -192,7 +265,12 @@ class MegatronEngine:
 
     # --- checkpoints (the DeepSpeed-engine interface CheckpointManager calls) -------------
     def state_dict(self) -> dict:
-        return {"model": self.model.flat_state_dict(), "optimizer": self.optimizer.state_dict(),
+        """Under bf16 the weights saved are the fp32 master values (the bf16 copy is their
+        rounding), so a resume and an export see full precision."""
+        model = self.model.flat_state_dict()
+        if self.master is not None:
+            model.update(self.master.named_masters())
+        return {"model": model, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, sd: dict) -> None:
@@ -203,6 +281,9 @@ class MegatronEngine:
         with torch.no_grad():
             for k, t in own.items():
                 t.copy_(sd["model"][k])
+            if self.master is not None:
+                for k, t in self.master.named_masters().items():
+                    t.copy_(sd["model"][k])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.scheduler.load_state_dict(sd["scheduler"])
 
@@ -274,7 +355,7 @@ def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
         load_pretrained(chunks, m)
     for c in chunks:
         c.checkpointing = p.activation_checkpointing
-        c.to(device)
+        c.to(device=device, dtype=compute_dtype(cfg))
     engine = MegatronEngine(cfg, layout, chunks, device)
     n_all = sum(x.numel() for x in engine.model.parameters())
     log.info("megatron engine: pp rank %d holds chunks %s (%.2fM parameters); %s schedule; "

@@ -133,20 +133,19 @@ def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: in
         dp_micro = 0.0
         # all-reduce (ZeRO-0) or reduce-scatter + all-gather of the updated shards (1, 2): same bytes
         dp_step = 2 * train_p * frac / bw
-    # what the DeepSpeed config lets hide (pp > 1: megatron's DDP overlaps its own reduce)
-    overlap = hw.overlap if pp > 1 or (zero > 0 and zero_tuning(c, cuda=True).overlap_comm) else 0.0
+    # what the DeepSpeed config lets hide; the megatron engine (pp > 1) reduces after the
+    # schedule in one flat all-reduce, so nothing of its DP reduce is hidden
+    overlap = hw.overlap if pp == 1 and zero > 0 and zero_tuning(c, cuda=True).overlap_comm else 0.0
     micro = compute + tp_comm + max(0.0, dp_micro - overlap * compute)
     step = ga * micro * (1 + (pp - 1) / ga) + max(0.0, dp_step - overlap * compute)
     mfu = ga * flops / (tp * pp) / (step * peak)
     tokens = dp * ga * shape.tokens / step
     runnable = bad_batch
-    if pp > 1 and not runnable:   # the megatron engine: pp x tp x dp, its own DP all-reduce (no ZeRO), fp32 so far
+    if pp > 1 and not runnable:   # the megatron engine: pp x tp x dp, its own DP all-reduce (no ZeRO)
         if zero != 0:
             runnable = "pp > 1 runs on parallel.engine=megatron, which has no ZeRO"
         elif ga < pp or m.llm.tie_word_embeddings:
             runnable = "megatron engine needs grad_accum >= pp and untied embeddings"
-        else:
-            runnable = "parallel.engine=megatron: fp32 only so far (this plan assumes bf16)"
     return Plan(tp, pp, dp, zero, ckpt, mem, step, mfu, tokens, runnable, ga, gb)
 
 

@@ -73,6 +73,8 @@ def build_parts(cfg: RunConfig):
             import_into_teacher(teacher, src)
         else:
             teacher.load_from_student(model)
+        if cfg.parallel.precision == "bf16":  # frozen: no master copy, it runs in bf16
+            teacher.to(torch.bfloat16)
     model.set_encoder_trainable(t.stage == 1)
     model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
     lpips = None

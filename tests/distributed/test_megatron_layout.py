@@ -27,7 +27,7 @@ def test_valid_pipeline_layouts_pass():
     (["parallel.virtual_pp=4"], "model.llm.num_layers", "pp*virtual_pp = 8"),
     (["data.pack_tokens=256"], "data.pack_tokens", "fixed-shape"),
     (["model.llm.tie_word_embeddings=true"], "model.llm.tie_word_embeddings", "first and the last"),
-    (["parallel.precision=bf16"], "parallel.precision", "fp32 only"),
+    (["parallel.precision=fp32", "model.attention=flash"], "model.attention", "bf16/fp16 only"),
 ])
 def test_refused_layouts_name_the_key(extra, key, says):
     errs = errors(*OK, *extra)

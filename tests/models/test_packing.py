@@ -78,13 +78,16 @@ def test_model_on_varlen_planner_equals_reference(model):
     from hydra_dist.ops.attention import resolve_attention
     with pytest.raises(RuntimeError, match="flash-attn is not installed"):
         resolve_attention("flash")
+    # flash-attn takes bf16/fp16 only: auto under fp32 is the reference path, whatever is installed
+    assert resolve_attention("auto", torch.float32) == "reference"
     b = collator(230)(samples(6))
     out_ref, g_ref = loss_and_grads(model, b)
-    model.attn_path = "emulated"
+    saved = model.cfg.attention
+    model.cfg.attention = "emulated"
     try:
         out_fast, g_fast = loss_and_grads(model, b)
     finally:
-        model.attn_path = "reference"
+        model.cfg.attention = saved
     assert out_fast["loss"].item() == pytest.approx(out_ref["loss"].item(), rel=1e-5)
     for n in g_ref:
         torch.testing.assert_close(g_fast[n], g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
@@ -105,3 +108,15 @@ def test_stage2_every_trainable_parameter_gets_a_gradient(single_process_mp):
             assert p.grad is None, n
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_auto_attention_never_picks_flash_under_fp32(monkeypatch):
+    """As on a GPU node with flash-attn installed: auto picks flash for a bf16 model only, and
+    an explicit flash under fp32 is refused with the keys to change."""
+    from hydra_dist.ops import attention
+    monkeypatch.setattr(attention, "flash_available", lambda: True)
+    assert attention.resolve_attention("auto", torch.bfloat16) == "flash"
+    assert attention.resolve_attention("auto", torch.float16) == "flash"
+    assert attention.resolve_attention("auto", torch.float32) == "reference"
+    with pytest.raises(RuntimeError, match="parallel.precision=bf16 or model.attention=auto"):
+        attention.resolve_attention("flash", torch.float32)

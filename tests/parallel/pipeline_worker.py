@@ -74,12 +74,12 @@ def engine_run(cfg, layout, batches, dens, steps):
     grads, traj, first = {}, [], {}
     clip = engine._clip
 
-    def capture(max_norm):  # gradients after the DP all-reduce, before clipping
+    def capture(gs, max_norm):  # gradients after the DP all-reduce, before clipping
         if not grads:
             for n, p in engine.model.chunks.named_parameters():
                 if p.grad is not None and p.requires_grad:
                     grads[n.split(".", 1)[1]] = full_grad(p, tp_group)
-        return clip(max_norm)
+        return clip(gs, max_norm)
     engine._clip = capture
     for step in range(steps):
         r = engine.train_step(batches, 100 + step, dens[0], dens[1])

@@ -66,12 +66,12 @@ def engine_run(cfg, layout, batches, steps):
     grads, traj, first = {}, [], {}
     clip = engine._clip
 
-    def capture(max_norm):  # gradients before clipping
+    def capture(gs, max_norm):  # gradients before clipping
         if not grads:
             for n, p in engine.model.chunks.named_parameters():
                 if p.grad is not None and p.requires_grad:
                     grads[n.split(".", 1)[1]] = p.grad.clone()
-        return clip(max_norm)
+        return clip(gs, max_norm)
     engine._clip = capture
     for step in range(steps):
         r = engine.train_step(batches, 100 + step, 0.0, 0.0)

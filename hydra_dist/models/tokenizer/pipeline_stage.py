@@ -13,7 +13,7 @@ What travels between stages (megatron's (seq, micro_batch, hidden) shape, hidden
   row  N + 1   the payload: element 0 is w_reg L_reg + w_dist L_dist of this micro-batch, still
                in the graph, so the last stage adds it to the loss and its gradient reaches the
                encoder through the pipeline exactly; elements 1..4 are reg, dist, kl, cos (detached,
-               for logging).
+               for logging); under bf16 each travels as a (hi, lo) pair (split_fp32), ~fp32.
 The FM target eps - x needs no payload: every stage gets the micro-batch (the images) and draws
 eps from (noise_seed + 1, sample_id), as HydraTok.forward does.
 
@@ -45,6 +45,20 @@ def seq_length(cfg) -> int:
     """Rows of the tensor sent between stages: N patch tokens + c + the payload row."""
     v = cfg.model.vit
     return (v.image_size // v.patch_size) ** 2 + 2
+
+
+def split_fp32(v, dtype):
+    """fp32 values as (hi, lo) pairs in the activation dtype, so that a bf16 pipeline carries
+    them to ~16 mantissa bits (hi + lo); the gradient of hi + lo w.r.t. v stays exactly 1."""
+    if dtype == torch.float32:
+        return torch.cat([v, torch.zeros_like(v)])
+    hi = v.to(dtype)
+    return torch.cat([hi, (v - hi.float()).to(dtype)])
+
+
+def unsplit_fp32(pairs):
+    n = pairs.numel() // 2
+    return pairs[:n].float() + pairs[n:].float()
 
 
 class TokStage(nn.Module):
@@ -119,13 +133,14 @@ class TokStage(nn.Module):
         d = self.decoder
         shift, scale = d.final_mod(F.silu(c))[:, None].chunk(2, dim=-1)
         v_pred = unpatchify(d.out(modulate(d.final_norm(x), shift, scale)), self.p, self.size)
-        x0 = images.to(v_pred.dtype)
+        x0 = images.float()   # the flow target eps - x in fp32 whatever the compute dtype
         t, eps = self.flow_noise(batch["sample_ids"], noise_seed + 1, x0)
-        l_fm = (v_pred.float() - (eps - x0).float()).pow(2).mean()
+        l_fm = (v_pred.float() - (eps - x0)).pow(2).mean()
         flat = payload.reshape(-1)
-        loss = self.cfg.tokenizer.weights.fm * l_fm + flat[0]
+        vals = unsplit_fp32(flat[:2 * (1 + len(LOG_KEYS))])
+        loss = self.cfg.tokenizer.weights.fm * l_fm + vals[0]
         return {"loss": loss, "fm": l_fm.detach(),
-                **{k: flat[1 + i].detach() for i, k in enumerate(LOG_KEYS)}}
+                **{k: vals[1 + i].detach() for i, k in enumerate(LOG_KEYS)}}
 
     def _encode(self, batch, noise_seed):
         """HydraTok.forward up to the decoder blocks, plus the regulariser/distillation payload."""
@@ -141,8 +156,8 @@ class TokStage(nn.Module):
             l_dist, _ = distill_loss(gen_hidden + sem_hidden, self.teacher(batch["images"]),
                                      self.cfg.tokenizer.distill_layers, self.cls)
         extra = w.reg * l_reg + w.dist * l_dist
-        vals = torch.stack([extra, l_reg.detach(), l_dist.detach(), l_kl.detach().to(extra.dtype),
-                            l_cos.detach().to(extra.dtype)]).to(h.dtype)
+        vals = split_fp32(torch.stack([extra.float(), l_reg.detach().float(), l_dist.detach().float(),
+                                       l_kl.detach().float(), l_cos.detach().float()]), h.dtype)
         B, D = c.shape
         if B * D < vals.numel():
             raise ValueError("tokenizer.decoder.hidden_size * parallel.micro_batch_size must be "
