@@ -432,7 +432,7 @@ def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def _check_megatron_tokenizer(cfg: RunConfig) -> list[tuple[str, str]]:
     """HYDRA-TOK on the megatron engine (models/tokenizer/pipeline_stage.py): the stage-1
-    objective (FM + reg + distillation) over pp stages, tp = 1, fp32 (docs/parallelism.md)."""
+    objective (FM + reg + distillation) over pp, tp = 1, fp32 or bf16 (docs/parallelism.md)."""
     p, t, errs = cfg.parallel, cfg.tokenizer, []
     if p.tp != 1:
         errs.append(("parallel.tp", "HYDRA-TOK on the megatron engine runs tp=1 only so far "

@@ -115,6 +115,18 @@ def test_stage_configs_carry_the_papers_schedule():
         load_config(f"configs/unified/{tiny}.yaml", world_size=2)
 
 
+@pytest.mark.parametrize("suffix", ["", "_7b"])
+def test_each_stage_starts_from_the_previous_stage(suffix):
+    """Stage 2 starts from the stage-1 export and stage 3 from stage 2's, never the same folder
+    twice (stage3_sft.yaml once inherited stage 2's init_from, i.e. the stage-1 export)."""
+    names = ("stage1_alignment", "stage2_pretrain", "stage3_sft")
+    cfgs = [load_config(f"configs/unified/{n}{suffix}.yaml", world_size=64) for n in names]
+    inits = [c.model.init_from for c in cfgs]
+    assert len(set(inits)) == 3, inits
+    assert "stage1" in inits[1] and "stage2" in inits[2], inits
+    assert len({c.output_dir for c in cfgs}) == 3
+
+
 def test_tokenizer_on_the_megatron_engine_only_where_supported():
     base = ["parallel.engine=megatron", "parallel.zero_stage=0", "parallel.grad_accum=4"]
     cfg = load_config("configs/tokenizer/tiny_stage1.yaml", base + ["parallel.pp=2"], world_size=2)
