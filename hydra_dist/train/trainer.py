@@ -133,6 +133,8 @@ def _train(cfg: RunConfig, layout) -> dict:
              "step_time_s": dt, "consumed_samples": state["consumed_samples"],
              "skipped_steps": skipped,
              "max_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+        if torch.device(device).type == "cuda":   # what benchmarks/gpu_step.py holds against the planner
+            m["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         log_now = step % cfg.train.log_every == 0   # the same on every rank
         if log_now:  # a collective: only on logging steps, where every rank takes part
             errors = loader.error_counts(all_ranks=True)

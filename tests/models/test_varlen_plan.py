@@ -58,3 +58,33 @@ def test_plan_shape():
     assert by[True].cu_seqlens_k.tolist() == [0, 1, 6]      # keys [0,1) and [0,5)
     assert by[False].cu_seqlens_q.tolist() == [0, 2]        # the image block [1,3)
     assert by[False].cu_seqlens_k.tolist() == [0, 3]        # sees [0,3)
+
+
+# --- on a GPU (benchmarks/gpu_check.sh): the paths training takes there, against the fp32 dense
+# reference on the CPU. Skipped without CUDA; the CPU twin of the planner is tested above.
+on_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (gpu_check.sh runs it)")
+
+
+@on_gpu
+@pytest.mark.parametrize("path", ["sdpa_dense", "flash_varlen"])
+def test_gpu_attention_paths_equal_fp32_reference(path):
+    if path == "flash_varlen":
+        pytest.importorskip("flash_attn", reason="flash-attn not installed: training uses SDPA")
+    rng = random.Random(7)
+    torch.manual_seed(7)
+    B, S, heads, kv, d = 2, 384, 12, 2, 128          # Qwen2.5-1.5B's heads and head size
+    seg, img = random_layout(rng, B, S)
+    q, k, v = (torch.randn(B, h, S, d) for h in (heads, kv, kv))
+    real = (seg > 0)[:, None, :, None].float()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = attention(*leaves, build_mask(seg, img)) * real
+    w = torch.randn_like(ref)
+    g_ref = torch.autograd.grad((ref * w).sum(), leaves)
+    dev = [t.cuda().bfloat16().requires_grad_() for t in (q, k, v)]
+    mask = plan_varlen(seg.cuda(), img.cuda()) if path == "flash_varlen" else build_mask(seg.cuda(), img.cuda())
+    got = attention(*dev, mask) * real.cuda()
+    g_got = torch.autograd.grad((got.float() * w.cuda()).sum(), dev)
+    # bf16 inputs: ~3 significant digits; errors grow with the sum over keys (S = 384)
+    torch.testing.assert_close(got.float().cpu(), ref, rtol=2e-2, atol=2e-2)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a.float().cpu(), b, rtol=5e-2, atol=5e-2)
