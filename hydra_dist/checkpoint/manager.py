@@ -14,7 +14,9 @@ after the rename: a crash mid-save leaves the previous checkpoint as latest.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -27,6 +29,7 @@ import torch.distributed as dist
 MANIFEST = "manifest.json"
 EXTRA = "extra_state.pt"
 LAYOUT = "layout.json"
+FULL_BELOW = 64 * 2 ** 20   # free bytes under which a failed write is taken for a full disk
 
 
 def engine_layout(engine) -> Dict[str, Any]:
@@ -120,6 +123,27 @@ def use_safe_loader(engine) -> None:
         engine.checkpoint_engine.load = _safe_torch_load
 
 
+def save_failure_cause(e: BaseException, root: Path) -> tuple[int, str]:
+    """(errno, one-line cause) of a failed save, whatever type the writer raised it in: a real
+    ENOSPC inside torch.save surfaces as RuntimeError("... file write failed") with no errno,
+    so the chain is searched for an OSError and, failing that, the file system's free space is
+    read: a write that fails on a nearly full file system is reported as the full disk."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno:
+            return x.errno, x.strerror or os.strerror(x.errno)
+        x = x.__cause__ or x.__context__
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = -1
+    first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+    if 0 <= free < FULL_BELOW:
+        return errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({free / 2 ** 20:.1f} MiB free; {type(e).__name__}: {first})"
+    return errno.EIO, f"{type(e).__name__}: {first}"
+
+
 class CheckpointManager:
     def __init__(self, root: Path, keep_last: int, rank: int):
         self.root, self.keep_last, self.rank = Path(root), keep_last, rank
@@ -147,10 +171,11 @@ class CheckpointManager:
         _barrier()
         try:
             self._write(engine, step, tag, tmp, trainer_state, extra)
-        except OSError as e:  # disk full, read-only, quota: say where, and what is still safe
+        except Exception as e:  # disk full, read-only, quota: say where, and what is still safe
+            code, cause = save_failure_cause(e, self.root)
             prev = (self.root / "latest").read_text().strip() if (self.root / "latest").is_file() else None
-            raise OSError(e.errno, f"checkpoint save of step {step} into {tmp} failed on rank "
-                          f"{self.rank}: {e.strerror or e}; the latest complete "
+            raise OSError(code, f"checkpoint save of step {step} into {tmp} failed on rank "
+                          f"{self.rank}: {cause}; the latest complete "
                           f"checkpoint is still {self.root / prev if prev else 'none'}") from e
         _barrier()
         return tag

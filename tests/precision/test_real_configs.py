@@ -47,8 +47,10 @@ def shipped(config: str, world_size: int):
     return load_config(config, world_size=world_size)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in CI_CASES else pytest.mark.slow)
-                                  for n in CASES])
+SLOW = [pytest.mark.slow, pytest.mark.timeout(2400)]   # 7B: ~10-20 min each on 2 cores
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in CI_CASES else SLOW) for n in CASES])
 def test_shipped_config_trains_one_bf16_step_and_exports(tmp_path, name):
     from transformers import AutoModel, Qwen2ForCausalLM
     from hydra_dist.cli.export_hf import main as export_main
