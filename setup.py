@@ -78,6 +78,7 @@ setup(
         "pillow",
         "mlflow>=2.16",
         "tqdm",
+        "xxhash",   # checkpoint manifest checksums (checkpoint/manager.py)
         "numpy",
     ],
     extras_require={

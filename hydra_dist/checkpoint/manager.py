@@ -7,7 +7,8 @@ Layout under <run>/checkpoints:
     trainer_state.json   step, consumed samples/tokens, data position, MLflow run id
     rank_state/rankN.pt  RNG states of rank N (tensors and plain lists: weights_only loadable)
     extra_state.pt       optional replicated state outside the engine (save(extra=...))
-    manifest.json        every file with its size; written last, checked on load
+    manifest.json        every file with its size and xxh3-64; written last, checked on
+                         load (each rank hashes a share) and by hydra-export-hf
   latest                 the tag of the newest complete checkpoint
 A save goes to .tmp-stepN and is renamed only after every rank finished, and `latest` moves only
 after the rename: a crash mid-save leaves the previous checkpoint as latest.
@@ -81,25 +82,71 @@ def set_rng_state(st: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _write_manifest(folder: Path) -> None:
+def file_hash(path: Path) -> str:
+    """xxh3-64 of a file (hex): ~10 GB/s from the page cache, so hashing stays a small share of
+    a save (benchmarks/bench_checksum.py prints the share)."""
+    import xxhash
+    h = xxhash.xxh3_64()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _all_gather(obj) -> list:
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def hash_files(folder: Path) -> Dict[str, str]:
+    """Every rank hashes every world-th file of the folder (all ranks see the same shared
+    folder), the shares are gathered: each rank reads ~1/world of the checkpoint."""
+    rank, world = _world()
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                   if p.is_file() and p.name != MANIFEST)
+    mine = {rel: file_hash(folder / rel) for rel in files[rank::world]}
+    return {k: v for part in _all_gather(mine) for k, v in part.items()}
+
+
+def _write_manifest(folder: Path, hashes: Dict[str, str]) -> None:
     files = {str(p.relative_to(folder)): p.stat().st_size
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    for rel in files:   # what rank 0 wrote after the shared hashing (small files)
+        if rel not in hashes:
+            hashes[rel] = file_hash(folder / rel)
     tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.write_text(json.dumps({"files": files, "xxh3_64": {k: hashes[k] for k in files}}, indent=1))
     tmp.replace(folder / MANIFEST)
 
 
-def verify(folder: Path) -> Optional[str]:
-    """None if the checkpoint is complete, else what is wrong."""
+def verify(folder: Path, hashes: bool = True, share: tuple[int, int] = (0, 1)) -> Optional[str]:
+    """None if the checkpoint is complete and intact, else what is wrong. Sizes of every file;
+    with `hashes`, the xxh3-64 of the files in this rank's share (rank, world) of the sorted list
+    (checkpoints written before checksums have sizes only)."""
     mf = folder / MANIFEST
     if not mf.is_file():
         return f"{folder}: no {MANIFEST} (incomplete save)"
-    for rel, size in json.loads(mf.read_text())["files"].items():
+    manifest = json.loads(mf.read_text())
+    for rel, size in manifest["files"].items():
         p = folder / rel
         if not p.is_file():
             return f"{folder}: missing {rel}"
         if p.stat().st_size != size:
             return f"{folder}: {rel} has {p.stat().st_size} bytes, manifest says {size}"
+    if hashes and "xxh3_64" in manifest:
+        rank, world = share
+        for rel in sorted(manifest["files"])[rank::world]:
+            got = file_hash(folder / rel)
+            if got != manifest["xxh3_64"][rel]:
+                return (f"{folder}: {rel} is corrupt (xxh3-64 {got}, manifest says "
+                        f"{manifest['xxh3_64'][rel]}; size unchanged)")
     return None
 
 
@@ -153,7 +200,9 @@ class CheckpointManager:
         if not f.is_file():
             return None
         tag = f.read_text().strip()
-        problem = verify(self.root / tag)
+        # each rank checks its share of the files; every rank raises if any rank found a problem
+        problems = [p for p in _all_gather(verify(self.root / tag, share=_world())) if p]
+        problem = problems[0] if problems else None
         if problem:
             raise RuntimeError(f"latest checkpoint is damaged: {problem}")
         return tag
@@ -188,12 +237,13 @@ class CheckpointManager:
         (tmp / "rank_state").mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), tmp / "rank_state" / f"rank{self.rank}.pt")
         _barrier()
+        hashes = hash_files(tmp)   # every rank: a share each, gathered
         if self.rank == 0:
             if extra is not None:
                 torch.save(extra, tmp / EXTRA)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             (tmp / LAYOUT).write_text(json.dumps(layout))
-            _write_manifest(tmp)
+            _write_manifest(tmp, hashes)
             final = self.root / tag
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

@@ -44,7 +44,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     from hydra_dist.checkpoint import verify
     problem = verify(p) if (p / "manifest.json").exists() or p.name.startswith("step") else None
     if problem:
-        raise RuntimeError(f"refusing to export an incomplete checkpoint: {problem}")
+        raise RuntimeError(f"refusing to export an incomplete or corrupt checkpoint: {problem}")
     return p, p.parent.parent
 
 

@@ -132,3 +132,28 @@ def test_real_enospc_on_a_small_tmpfs_keeps_previous_and_resumes_exactly(tmp_pat
     assert f"resumed from {ck / 'step00000002'}" in second
     assert_same_losses(metrics(copy / "after"), reference)
     assert latest(copy / "after") == "step00000006"
+
+
+def test_flipped_checkpoint_byte_is_refused_by_resume_and_export(tmp_path, reference_dir, capsys):
+    """One byte flipped inside a model shard: same size, so only the manifest's xxh3-64 sees it.
+    Resume and hydra-export-hf both refuse, naming the file; nothing is trained or written."""
+    from hydra_dist.cli.export_hf import main as export_main
+    run = tmp_path / "run"
+    shutil.copytree(reference_dir, run)
+    step = run / "checkpoints" / "step00000006"
+    shard = max((p for p in step.rglob("*") if p.is_file() and p.suffix == ".pt"),
+                key=lambda p: p.stat().st_size)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    rel = str(shard.relative_to(step))
+    res = run_torchrun(2, ARGS[:-3] + ["train.steps=8", "checkpoint.every=2", "checkpoint.keep_last=3",
+                                       f"output_dir={run}"], timeout=300)
+    assert res.returncode != 0, res.stdout[-3000:]
+    assert f"{rel} is corrupt" in res.stdout and "latest checkpoint is damaged" in res.stdout, res.stdout[-4000:]
+    assert len(metrics(run)) == 6   # nothing trained on top of the corrupt state
+    out = tmp_path / "hf"
+    capsys.readouterr()
+    assert export_main([str(run), str(out), "--no-progress"]) == 1
+    assert f"{rel} is corrupt" in capsys.readouterr().err
+    assert not out.exists()
