@@ -34,6 +34,60 @@ def parse_args(argv):
     return args
 
 
+# Signals a scheduler or a person sends to the launcher; each becomes SIGUSR1 to every rank.
+FORWARDED = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2")
+RESIGNAL_S = float(os.environ.get("HYDRA_RESIGNAL_S", "30"))
+
+
+def launch_local(torchrun_args: list) -> int:
+    """torchrun in a session of its own, so neither a terminal's Ctrl-C nor a signal to this
+    launcher reaches torchrun, whose own SIGTERM handling kills the ranks 30 s later, whatever
+    they are saving. A signal here is relayed as SIGUSR1 to each rank (torchrun's direct
+    children, not their DataLoader workers), which checkpoint at the next step boundary and
+    exit 0 (train/preemption.py); torchrun then exits with their status and so does this
+    launcher. The ranks start with SIGUSR1 ignored (inherited) until the trainer installs its
+    handler, so the relay is repeated every HYDRA_RESIGNAL_S seconds until they are done."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+    got: list = []
+
+    def relay() -> None:
+        try:
+            ranks = psutil.Process(proc.pid).children(recursive=False)
+        except psutil.NoSuchProcess:
+            return
+        for r in ranks:
+            try:
+                r.send_signal(signal.SIGUSR1)
+            except psutil.NoSuchProcess:
+                pass
+
+    def on_signal(signum, _frame):
+        if not got:
+            print(f"hydra-pretrain: received {signal.Signals(signum).name}: the ranks checkpoint at "
+                  "the next step boundary and stop", file=sys.stderr, flush=True)
+        got.append(signum)
+        relay()
+
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # inherited by torchrun and the ranks
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args],
+                            start_new_session=True)
+    signal.signal(signal.SIGUSR1, old)
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), on_signal)
+    last = time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            if got and time.monotonic() - last > RESIGNAL_S:
+                relay()
+                last = time.monotonic()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -45,12 +99,11 @@ def main(argv=None) -> int:
         except ConfigError as e:
             print(f"config error:\n{e}", file=sys.stderr)
             return 2
-        from torch.distributed.run import main as torchrun
         rest = ([args.config] if args.config else []) + args.overrides
         if args.print_config:
             rest.append("--print-config")
-        torchrun(["--nproc_per_node", str(args.nproc_per_node), "-m", "hydra_dist.cli.pretrain", *rest])
-        return 0
+        return launch_local(["--nproc_per_node", str(args.nproc_per_node), "-m",
+                             "hydra_dist.cli.pretrain", *rest])
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
     try:
         cfg = load_config(args.config, args.overrides, world_size=world,

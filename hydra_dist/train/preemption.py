@@ -19,7 +19,7 @@ FINISHED_MARKER = "FINISHED"
 
 
 class PreemptionFlag:
-    def __init__(self, signals=("SIGUSR1", "SIGTERM")):
+    def __init__(self, signals=("SIGUSR1", "SIGUSR2", "SIGTERM")):
         self.raised: str | None = None
         for name in signals:
             signal.signal(getattr(signal, name), self._handle)
