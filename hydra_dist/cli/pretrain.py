@@ -46,13 +46,24 @@ def launch_local(torchrun_args: list) -> int:
     children, not their DataLoader workers), which checkpoint at the next step boundary and
     exit 0 (train/preemption.py); torchrun then exits with their status and so does this
     launcher. The ranks start with SIGUSR1 ignored (inherited) until the trainer installs its
-    handler, so the relay is repeated every HYDRA_RESIGNAL_S seconds until they are done."""
+    handler, so the relay is repeated every HYDRA_RESIGNAL_S seconds to each rank that did not
+    yet have its handler when signalled."""
     import signal
     import subprocess
     import time
 
     import psutil
     got: list = []
+    delivered: set = set()   # ranks that had their handler when signalled: never again, since a
+    # Python process restores SIG_DFL while it exits, and a late repeat would kill it (-10)
+
+    def catches_usr1(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                cgt = next(ln for ln in f if ln.startswith("SigCgt:")).split()[1]
+        except (OSError, StopIteration):
+            return False
+        return bool(int(cgt, 16) >> (signal.SIGUSR1 - 1) & 1)
 
     def relay() -> None:
         try:
@@ -60,10 +71,15 @@ def launch_local(torchrun_args: list) -> int:
         except psutil.NoSuchProcess:
             return
         for r in ranks:
+            if r.pid in delivered:
+                continue
+            ready = catches_usr1(r.pid)
             try:
-                r.send_signal(signal.SIGUSR1)
+                r.send_signal(signal.SIGUSR1)   # ignored (inherited SIG_IGN) until it is ready
             except psutil.NoSuchProcess:
-                pass
+                continue
+            if ready:
+                delivered.add(r.pid)
 
     def on_signal(signum, _frame):
         if not got:
