@@ -79,6 +79,7 @@ setup(
         "mlflow>=2.16",
         "tqdm",
         "xxhash",   # checkpoint manifest checksums (checkpoint/manager.py)
+        "psutil",   # hydra-pretrain --nproc-per-node relays signals to the ranks (cli/pretrain.py)
         "numpy",
     ],
     extras_require={

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     print(f"| peak memory GB | {fmt(peak_gb * GIB / GB if peak_gb else None, '.1f')} | {predicted_gb:.1f} | "
           f"{fmt(report['ratio']['memory'], '.2f')} |")
     print(f"| tokens/s | {med['tokens_per_s']:,.0f} | {plan.tokens_per_s:,.0f} | |")
-    ok = all(map(lambda x: x == x and abs(x) < float("inf"), report["losses"]))
+    ok = all(math.isfinite(x) for x in report["losses"])
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
     return 0 if ok else 1

@@ -6,7 +6,7 @@
 # installs them with --no-index --no-deps into /tmp/site.
 #
 # Usage: bash benchmarks/gpu_wheels.sh [PYTHON_VERSION]      (default 3.12, the box's Python)
-# The versions are the ones this repository is tested with (the .venv that .ci/install.sh makes).
+# The versions are those of the .venv that .ci/install.sh makes (PIP=... to use another).
 # Left out on purpose: mlflow (gpu_check runs with tracking.enabled=false), flash-attn (a ~250 MB
 # CUDA build per torch/CUDA pair: bring one built for the box if you want the flash path;
 # gpu_check falls back to SDPA and says so), streaming's cloud clients (local MDS only).
@@ -17,16 +17,16 @@ PIP=${PIP:-.venv/bin/pip}
 OUT=${WHL_DIR:-.whl}
 mkdir -p "$OUT"
 grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-# name==version of what the box lacks; pure-Python ones and per-Python binaries alike
-PKGS=(deepspeed==0.19.8 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.46.4 annotated-types==0.7.0
-      typing-inspection==0.4.2 megatron-core==0.16.1 mosaicml-streaming==0.13.0
-      # what `import streaming` imports at once (its compression codecs)
-      brotli==1.2.1 python-snappy==0.7.3 cramjam==2.14.0 zstd==1.5.7.2 catalogue==2.0.10)
-# take each version from the local venv where it is installed, so the box runs what CI tested
-for i in "${!PKGS[@]}"; do
-  name=${PKGS[$i]%%==*}
+# what the box lacks, at the versions of the local venv (what CI tested); a name missing there
+# stops the script rather than fetching an untested version
+NAMES=(deepspeed hjson pydantic pydantic-core annotated-types typing-inspection megatron-core
+       mosaicml-streaming
+       brotli python-snappy cramjam zstd catalogue)   # what `import streaming` imports at once
+PKGS=()
+for name in "${NAMES[@]}"; do
   v=$("$PIP" show "$name" 2>/dev/null | sed -n 's/^Version: //p')
-  [[ -n $v ]] && PKGS[$i]="$name==$v"
+  [[ -n $v ]] || { echo "gpu_wheels: $name is not installed in $PIP's environment (run .ci/install.sh)"; exit 1; }
+  PKGS+=("$name==$v")
 done
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64
       --platform manylinux_2_17_x86_64 --platform manylinux_2_14_x86_64 --platform manylinux2014_x86_64)

@@ -118,17 +118,16 @@ def hash_files(folder: Path) -> Dict[str, str]:
 def _write_manifest(folder: Path, hashes: Dict[str, str]) -> None:
     files = {str(p.relative_to(folder)): p.stat().st_size
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    for rel in files:   # what rank 0 wrote after the shared hashing (small files)
-        if rel not in hashes:
-            hashes[rel] = file_hash(folder / rel)
+    # what rank 0 wrote after the shared hashing (small files) is hashed here
+    digests = {rel: hashes.get(rel) or file_hash(folder / rel) for rel in files}
     tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": files, "xxh3_64": {k: hashes[k] for k in files}}, indent=1))
+    tmp.write_text(json.dumps({"files": files, "xxh3_64": digests}, indent=1))
     tmp.replace(folder / MANIFEST)
 
 
-def verify(folder: Path, hashes: bool = True, share: tuple[int, int] = (0, 1)) -> Optional[str]:
-    """None if the checkpoint is complete and intact, else what is wrong. Sizes of every file;
-    with `hashes`, the xxh3-64 of the files in this rank's share (rank, world) of the sorted list
+def verify(folder: Path, share: tuple[int, int] = (0, 1)) -> Optional[str]:
+    """None if the checkpoint is complete and intact, else what is wrong. Sizes of every file,
+    and the xxh3-64 of the files in this rank's share (rank, world) of the sorted list
     (checkpoints written before checksums have sizes only)."""
     mf = folder / MANIFEST
     if not mf.is_file():
@@ -140,7 +139,7 @@ def verify(folder: Path, hashes: bool = True, share: tuple[int, int] = (0, 1)) -
             return f"{folder}: missing {rel}"
         if p.stat().st_size != size:
             return f"{folder}: {rel} has {p.stat().st_size} bytes, manifest says {size}"
-    if hashes and "xxh3_64" in manifest:
+    if "xxh3_64" in manifest:
         rank, world = share
         for rel in sorted(manifest["files"])[rank::world]:
             got = file_hash(folder / rel)

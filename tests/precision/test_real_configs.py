@@ -42,11 +42,6 @@ CASES = {
 CI_CASES = {"1.5b_deepspeed", "1.5b_megatron_tp2"}
 
 
-def shipped(config: str, world_size: int):
-    from hydra_dist.config import load_config
-    return load_config(config, world_size=world_size)
-
-
 SLOW = [pytest.mark.slow, pytest.mark.timeout(2400)]   # 7B: ~10-20 min each on 2 cores
 
 
@@ -54,8 +49,9 @@ SLOW = [pytest.mark.slow, pytest.mark.timeout(2400)]   # 7B: ~10-20 min each on 
 def test_shipped_config_trains_one_bf16_step_and_exports(tmp_path, name):
     from transformers import AutoModel, Qwen2ForCausalLM
     from hydra_dist.cli.export_hf import main as export_main
+    from hydra_dist.config import load_config
     config, engine, res = CASES[name]
-    ref = shipped(config, 64)
+    ref = load_config(config, world_size=64)
     assert ref.parallel.precision == "bf16" and ref.parallel.backend == "nccl"
     run = tmp_path / "run"
     args = [config, *CUT, *SITE, *SMALL, *res, *engine, f"output_dir={run}"]
@@ -65,7 +61,6 @@ def test_shipped_config_trains_one_bf16_step_and_exports(tmp_path, name):
     assert [r["step"] for r in rows] == [1], rows
     assert torch.isfinite(torch.tensor(rows[0]["loss"])) and rows[0]["loss"] > 0, rows
     # the run kept the shipped widths and precision: only depth (and resolution) differ
-    from hydra_dist.config import load_config
     ran = load_config(str(run / "config.yaml"), world_size=2)
     r, m = ran.model, ref.model
     assert ran.parallel.precision == "bf16" and r.head == m.head and r.gsb == m.gsb
