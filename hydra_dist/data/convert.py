@@ -5,6 +5,7 @@ into its own part folder `part-NNNNN/`; the parts' index files are then merged w
 streaming's `merge_index` in unit order. Units do not depend on the worker count, so the
 same input gives byte-identical shards for any number of workers. Records whose image does
 not decode (or that lack a field) are left out and listed in `conversion_summary.json`.
+Every row carries its xxh3 digest and every shard its xxh3_64 in index.json (integrity.py).
 
 Atomic: everything is written into a temporary folder beside --out and swapped in only when
 the conversion succeeded with at least one sample, so a bad input never destroys an earlier
@@ -24,6 +25,7 @@ from typing import List
 
 from .convert_inputs import (ConversionError, records, units_folder, units_llava, units_parquet, units_text,
                              units_webdataset)
+from .integrity import SHARD_HASH, hashed_columns, with_digest
 from .schemas import SCHEMA_OF_INPUT, SCHEMAS
 
 SUMMARY = "conversion_summary.json"
@@ -90,8 +92,8 @@ def write_unit(args) -> dict:
     if part.exists():
         shutil.rmtree(part)
     skipped, written = [], 0
-    with MDSWriter(out=str(part), columns=SCHEMAS[schema], size_limit=o.shard_size,
-                   compression=o.compression or None) as w:
+    with MDSWriter(out=str(part), columns=hashed_columns(SCHEMAS[schema]), size_limit=o.shard_size,
+                   compression=o.compression or None, hashes=[SHARD_HASH]) as w:
         for rec in records(unit):
             i, key = rec[0], rec[1]
             if rec[2] is None:
@@ -102,7 +104,7 @@ def write_unit(args) -> dict:
             except Exception as e:  # noqa: BLE001 - any decode failure skips the record
                 skipped.append({"id": i, "key": key, "reason": f"{type(e).__name__}: {e}"})
                 continue
-            w.write(row)
+            w.write(with_digest(row))
             written += 1
     return {"index": index, "written": written, "skipped": skipped}
 
@@ -172,7 +174,7 @@ def _convert_into(o: ConvertOptions, user: ConvertOptions) -> dict:
         (out / "index.json").write_text(json.dumps({"version": 2, "shards": []}))
     skipped = sorted((s for r in results for s in r["skipped"]), key=lambda s: s["id"])
     summary = {"input_kind": o.kind, "schema": SCHEMA_OF_INPUT[o.kind],
-               "columns": SCHEMAS[SCHEMA_OF_INPUT[o.kind]], "units": len(units),
+               "columns": hashed_columns(SCHEMAS[SCHEMA_OF_INPUT[o.kind]]), "units": len(units),
                "samples_written": sum(r["written"] for r in results),
                "samples_skipped": len(skipped), "skipped": skipped,
                "options": {k: v for k, v in asdict(user).items()

@@ -10,12 +10,14 @@ flow noise in the collator.
 
 Decoding is wrapped: a sample that fails (truncated image, missing field, wrong type) comes
 back as a marker {"__bad__": reason, "source": name, "id": idx} that the loader drops and
-counts; the run goes on.
+counts; the run goes on. So does a sample whose fields no longer match the xxh3 digest written
+with them (integrity.py); a remote shard that fails its index.json hash stops the run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,7 +26,10 @@ from typing import List, Optional, Tuple
 
 from streaming import Stream, StreamingDataset
 
+from .integrity import SAMPLE_HASH, SHARD_HASH, check_sample
 from .transforms import decode_image, resize_center_crop
+
+log = logging.getLogger("hydra_dist")
 
 # Errors that mean "this sample is bad"; anything else (a missing shard, a crashed download
 # thread) still stops the run.
@@ -143,29 +148,87 @@ class ChatRenderer:
         return {"spec": self.spec, "_tok": None}
 
 
+class ShardHashError(RuntimeError):
+    """A downloaded shard that does not match its index.json hash: the data set, not a sample,
+    is damaged, so the run stops (RuntimeError is not among SAMPLE_ERRORS)."""
+
+
+class VerifiedStream(Stream):
+    """A Stream that checks each shard it downloads against index.json's xxh3_64 whenever the
+    index carries one (streaming checks only when asked, and only at download)."""
+
+    failure: Optional[ShardHashError] = None
+
+    def get_shards(self, world, allow_unsafe_types: bool):
+        shards = super().get_shards(world, allow_unsafe_types)
+        if self.remote and not self.validate_hash and shards and \
+                SHARD_HASH in shards[0].file_pairs[0][0].hashes:
+            self.validate_hash = SHARD_HASH
+        return shards
+
+    def prepare_shard(self, shard) -> int:
+        try:
+            return super().prepare_shard(shard)
+        except ValueError as e:
+            if not str(e).startswith("Checksum failure"):
+                raise
+            bad = str(e).split(": ", 1)[1]
+            # Streaming leaves the failed copy in its cache and would trust it next time.
+            if os.path.isfile(bad):
+                os.remove(bad)
+            self.failure = ShardHashError(
+                f"data: {os.path.basename(bad)} of {self.remote} does not match the "
+                f"{self.validate_hash} in {self.remote}/index.json after download (local copy "
+                f"{bad} deleted): the remote shard or the download is damaged; re-copy it")
+            raise self.failure from e
+
+
 class MixtureDataset(StreamingDataset):
     """A StreamingDataset whose samples come back decoded, tagged with task and source."""
 
     def __init__(self, *, stream_info: List[dict], image_size: Optional[int],
                  chat: Optional[ChatRenderer] = None, **kwargs):
-        streams = [Stream(local=s["local"], remote=s["remote"], proportion=s["proportion"])
+        streams = [VerifiedStream(local=s["local"], remote=s["remote"], proportion=s["proportion"])
                    for s in stream_info]
         super().__init__(streams=streams, **kwargs)
         self.stream_info, self.image_size = stream_info, image_size
         self.chat = chat or ChatRenderer()
+        for sid, info in enumerate(stream_info):
+            first = next((sh for sh, st in zip(self.shards, self.stream_per_shard) if st == sid), None)
+            if first is not None and SAMPLE_HASH not in getattr(first, "column_names", [SAMPLE_HASH]):
+                log.warning("data: %s has no per-sample %s column (written by another tool or an "
+                            "older hydra-prepare-data): its samples are read unchecked; re-convert "
+                            "to detect changed bytes", info["name"], SAMPLE_HASH)
 
     def stream_of(self, idx: int) -> int:
         shard_id, _ = self.spanner[idx]
         return int(self.stream_per_shard[shard_id])
+
+    def shard_file(self, idx: int) -> str:
+        shard_id, _ = self.spanner[idx]
+        shard = self.shards[shard_id]
+        return os.path.join(shard.dirname, shard.split or "", shard.file_pairs[0][0].basename)
 
     def get_item(self, idx: int, retry: int = 7):
         idx = int(idx)  # streaming hands numpy ints; ids go to json state and tensors
         info = self.stream_info[self.stream_of(idx)]
         try:
             raw = super().get_item(idx, retry)
+            check_sample(raw, f"{self.shard_file(idx)} sample {idx}")
             return self.decode(raw, info, idx)
         except SAMPLE_ERRORS as e:
-            return {"__bad__": f"{type(e).__name__}: {e}"[:300], "source": info["name"], "id": idx}
+            return {"__bad__": f"{type(e).__name__}: {e}"[:400], "source": info["name"], "id": idx}
+
+    def __iter__(self):
+        # A shard failing its hash in streaming's download thread surfaces here only as
+        # "Background thread failed"; raise the stream's own error, which names the shard.
+        try:
+            yield from super().__iter__()
+        except RuntimeError as e:
+            failed = [st.failure for st in self.streams if getattr(st, "failure", None)]
+            if failed and failed[0] is not e:
+                raise failed[0] from e
+            raise
 
     def _image(self, data):
         img = decode_image(data)

@@ -5,11 +5,14 @@ learn both directions (caption <-> image) on a CPU.
 """
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from .integrity import SHARD_HASH, hashed_columns, with_digest
 
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
           "yellow": (235, 210, 40), "purple": (150, 60, 190), "white": (240, 240, 240),
@@ -17,7 +20,10 @@ COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7),
              "bottom right": (0.7, 0.7), "center": (0.5, 0.5)}
-MDS_COLUMNS = {"id": "int", "image": "jpeg", "caption": "str"}
+# The image is stored as JPEG bytes, encoded here exactly as streaming's "jpeg" column would
+# (PIL's defaults), so the per-sample digest covers the stored bytes (data/integrity.py).
+MDS_COLUMNS = {"id": "int", "image": "bytes", "caption": "str"}
+FORMAT = 2  # 2: JPEG bytes + xxh3 column + shard hashes; a set in an older format is rewritten
 
 
 def make_sample(index: int, seed: int, size: int):
@@ -47,15 +53,18 @@ def write_synthetic_mds(out_dir: str | Path, num_samples: int, seed: int, image_
 
     out = Path(out_dir)
     marker = out / "synthetic.json"
-    meta = {"num_samples": num_samples, "seed": seed, "image_size": image_size}
+    meta = {"num_samples": num_samples, "seed": seed, "image_size": image_size, "format": FORMAT}
     if marker.is_file() and json.loads(marker.read_text()) == meta and (out / "index.json").is_file():
         return out
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.mds*"):
         old.unlink()
-    with MDSWriter(out=str(out), columns=MDS_COLUMNS, size_limit=size_limit) as w:
+    with MDSWriter(out=str(out), columns=hashed_columns(MDS_COLUMNS), size_limit=size_limit,
+                   hashes=[SHARD_HASH]) as w:
         for i in range(num_samples):
             img, caption, _ = make_sample(i, seed, image_size)
-            w.write({"id": i, "image": img, "caption": caption})
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG")
+            w.write(with_digest({"id": i, "image": buf.getvalue(), "caption": caption}))
     marker.write_text(json.dumps(meta))
     return out

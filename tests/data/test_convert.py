@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from data_helpers import jpeg_bytes, truncated_jpeg
+
+from hydra_dist.data.integrity import SHARD_HASH, check_sample, hashed_columns
 from hydra_dist.cli.prepare_data import main as cli_main
 from hydra_dist.data.convert import SUMMARY, ConvertOptions, convert
 from hydra_dist.data.schemas import SCHEMAS
@@ -50,7 +52,12 @@ def test_folder_captions_bad_image_resize_and_worker_determinism(tmp_path):
     reasons = {s["key"]: s["reason"] for s in summary["skipped"]}
     assert set(reasons) == {"imgs/03.jpg", "imgs/missing.jpg"}
     assert "truncated" in reasons["imgs/03.jpg"] or "OSError" in reasons["imgs/03.jpg"]
-    assert summary["samples_written"] == 6 and summary["columns"] == SCHEMAS["image_caption"]
+    assert summary["samples_written"] == 6
+    assert summary["columns"] == hashed_columns(SCHEMAS["image_caption"])
+    # every row carries its digest, every shard its hash in index.json (data/integrity.py)
+    assert all(check_sample(r, f"row {r['id']}") for r in rows)
+    shards = json.loads((outs[0] / "index.json").read_text())["shards"]
+    assert shards and all(SHARD_HASH in sh["raw_data"]["hashes"] for sh in shards)
 
 
 def _tar(path, members):

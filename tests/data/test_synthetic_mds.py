@@ -6,6 +6,7 @@ import torch
 from hydra_dist.data.collate import IGNORE, HydraCollator
 from hydra_dist.data.synthetic import COLORS, make_sample, write_synthetic_mds
 from hydra_dist.data.tokenizer import ByteTokenizer
+from hydra_dist.data.transforms import decode_image
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_round_trip(mds):
         img, caption, attrs = make_sample(i, 7, 32)
         assert s["id"] == i and s["caption"] == caption
         # JPEG is lossy: the dominant colour must survive, not every pixel
-        got = np.asarray(s["image"], dtype=np.float32)
+        got = np.asarray(decode_image(s["image"]), dtype=np.float32)
         want = np.asarray(img, dtype=np.float32)
         assert np.abs(got - want).mean() < 12
         corner = got[:3, :3].reshape(-1, 3).mean(0)
@@ -50,7 +51,7 @@ def test_collated_batch_layout(mds):
     ds = _dataset(mds, shuffle=False)
     tok = ByteTokenizer()
     col = HydraCollator(tok, image_size=32, n_vis=16, max_text=48, generation_fraction=0.5, seed=1)
-    batch = col([ds[i] for i in range(8)])
+    batch = col([{**ds[i], "image": decode_image(ds[i]["image"])} for i in range(8)])
     assert batch["images"].shape == (8, 3, 32, 32)
     assert batch["images"].min() >= -1 and batch["images"].max() <= 1
     assert batch["is_gen"].any() and (~batch["is_gen"]).any()
