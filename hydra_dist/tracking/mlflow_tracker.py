@@ -177,8 +177,9 @@ class MLflowTracker:
         path = self._local_file("params", "params.json")
         # Several log_params calls of this session share one artifact.
         self._params_full.update(full)
-        path.write_text(json.dumps(self._params_full, indent=1, sort_keys=True))
-        self.log_artifact(str(path), "params")
+        if self._write(path, lambda p: p.write_text(json.dumps(self._params_full, indent=1,
+                                                                sort_keys=True))):
+            self.log_artifact(str(path), "params")
         if counts["redacted"] or counts["truncated"]:
             log.info("MLflow params: %d redacted as secrets, %d truncated to %d chars (full "
                      "values in artifact params/params.json)", counts["redacted"],
@@ -219,8 +220,22 @@ class MLflowTracker:
 
     def _local_file(self, sub: str, filename: str) -> Path:
         folder = self.spool.files_dir / sub
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # _write reports it, with the file it was for
         return folder / filename
+
+    def _write(self, path: Path, write) -> bool:
+        """Write a file for upload in the training thread; a full disk costs the artifact (one
+        line, with the file), never the training step."""
+        try:
+            write(path)
+            return True
+        except OSError as e:
+            log.error("MLflow: %s not written (%s); not uploaded", path, e.strerror or e)
+            path.unlink(missing_ok=True)
+            return False
 
     @staticmethod
     def _stem(name: str, step: Optional[int]) -> str:
@@ -231,28 +246,28 @@ class MLflowTracker:
                        nrow: Optional[int] = None) -> Path:
         """images: NCHW, float in [-1, 1] or uint8 -> one PNG grid under artifacts images/."""
         path = self._local_file("images", self._stem(name, step) + ".png")
-        image_grid(images, nrow=nrow).save(path, format="PNG")
-        self.log_artifact(str(path), "images")
+        if self._write(path, lambda p: image_grid(images, nrow=nrow).save(p, format="PNG")):
+            self.log_artifact(str(path), "images")
         return path
 
     def log_image(self, image: Any, name: str, step: Optional[int] = None) -> Path:
         path = self._local_file("images", self._stem(name, step) + ".png")
-        to_pil(image).save(path, format="PNG")
-        self.log_artifact(str(path), "images")
+        if self._write(path, lambda p: to_pil(image).save(p, format="PNG")):
+            self.log_artifact(str(path), "images")
         return path
 
     def log_figure(self, fig: Any, name: str) -> Path:
         path = self._local_file("plots", self._stem(name, None) + ".png")
-        fig.savefig(path)
-        self.log_artifact(str(path), "plots")
+        if self._write(path, fig.savefig):
+            self.log_artifact(str(path), "plots")
         return path
 
     def log_loss_curve(self, metrics_jsonl: str, keys: Sequence[str] = DEFAULT_CURVE_KEYS,
                        name: str = "loss_curve") -> Path:
         """Plot the run's metrics.jsonl (one JSON object with `step` per line) as a PNG."""
         path = self._local_file("plots", self._stem(name, None) + ".png")
-        plot_loss_curve(Path(metrics_jsonl), path, keys)
-        self.log_artifact(str(path), "plots")
+        if self._write(path, lambda p: plot_loss_curve(Path(metrics_jsonl), p, keys)):
+            self.log_artifact(str(path), "plots")
         return path
 
     # -- end of run -----------------------------------------------------------------------
@@ -276,7 +291,7 @@ class MLflowTracker:
                           "end_ms": int(time.time() * 1000)})
         exited = self._sender.stop(self.flush_timeout_s if timeout_s is None else timeout_s)
         s = self._sender
-        in_memory = 0 if exited else s.enqueued - s.handled
+        in_memory = len(s.overflow) + (0 if exited else s.enqueued - s.handled)
         unsent = self.spool.unsent() + in_memory
         self._summary = {
             "run_id": self.run_id, "status": status, "sent_records": s.sent_records,
@@ -285,7 +300,8 @@ class MLflowTracker:
             "skipped_repeat_steps": self._skipped,
             "spool": str(self.spool.path) if self.spool.unsent() else None,
             "rejected_file": str(self.spool.rejected_path) if s.rejected else None,
-            "last_error": s.last_error or None}
+            "last_error": s.last_error or s.spool_error or None,
+            "sender_died": f"{type(s.died).__name__}: {s.died}" if s.died else None}
         if unsent or s.rejected:
             log.warning("MLflow: %d records unsent (kept in %s; sent by the next tracker on "
                         "that folder, or now: python -m hydra_dist.tracking.replay --uri %s "

@@ -13,6 +13,12 @@ Two modes. Normal: take what is queued, merge consecutive records into log_batch
 MLflow's limits, send. Outage (the spool holds unsent records): move everything queued to the
 spool first (so order is kept and a crash loses nothing), then try to drain the spool oldest
 first, backing off exponentially between failed attempts.
+
+Disk full (or any OSError writing the spool): the thread never dies of it. Records that could
+not be spooled wait in memory, in order, after the spooled ones; the disk is retried before
+each send and they go straight to the server when it answers. One log line says so, another
+when the spool is writable again; finish() counts what was still only in memory. Anything else
+that would end the thread is logged with the count of records it leaves behind.
 """
 from __future__ import annotations
 
@@ -128,6 +134,9 @@ class Sender(threading.Thread):
         self.rejected = 0
         self.in_outage = False
         self.last_error = ""
+        self.overflow: List[dict] = []   # records the spool could not take (disk full)
+        self.spool_error = ""
+        self.died: Optional[BaseException] = None
 
     # -- called from the training thread --------------------------------------------------
     def put(self, record: dict) -> None:
@@ -141,7 +150,8 @@ class Sender(threading.Thread):
 
     def idle(self) -> bool:
         with self._lock:
-            return self.handled == self.enqueued and self.spool.unsent() == 0
+            return (self.handled == self.enqueued and self.spool.unsent() == 0
+                    and not self.overflow)
 
     def stop(self, timeout_s: float) -> bool:
         """Deliver what is queued, retrying until the deadline, then exit; True if it exited."""
@@ -155,10 +165,43 @@ class Sender(threading.Thread):
 
     # -- the thread -----------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - a dying sender must say so, once
+            self.died = exc
+            self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log.error("MLflow sender stopped (%s): %d records spooled in %s, %d only in memory "
+                      "and %d still queued will not be sent by this process; training goes on",
+                      self.last_error, self.spool.unsent(), self.spool.path, len(self.overflow),
+                      self.q.qsize())
+
+    def _spool(self, records: List[dict]) -> None:
+        """Append to the spool behind what is waiting in memory; if the disk refuses, keep
+        everything in memory (in order) and say so once."""
+        pending = self.overflow + records
+        if not pending:
+            return
+        try:
+            self.spool.append(pending)
+        except OSError as exc:
+            self.overflow = pending
+            if not self.spool_error:
+                log.error("MLflow spool %s cannot be written (%s): %d records kept in memory, "
+                          "sent directly when the server answers; lost if this process dies "
+                          "before that", self.spool.path, exc.strerror or exc, len(pending))
+            self.spool_error = f"{type(exc).__name__}: {exc}"
+            return
+        if self.spool_error:
+            log.warning("MLflow spool %s writable again: %d records moved from memory",
+                        self.spool.path, len(self.overflow))
+            self.spool_error = ""
+        self.overflow = []
+
+    def _loop(self) -> None:
         delay = self.backoff[0]
         stopping = False
         while True:
-            if self.spool.unsent():
+            if self.spool.unsent() or self.overflow:
                 stopping |= self._spool_queued()
                 if self._drain():
                     delay = self.backoff[0]
@@ -197,7 +240,7 @@ class Sender(threading.Thread):
                     break
                 batch.append(item)
             self._send_records(batch, from_spool=False)
-            if stopping and not self.spool.unsent():
+            if stopping and not self.spool.unsent() and not self.overflow:
                 return
 
     def _spool_queued(self) -> bool:
@@ -212,7 +255,7 @@ class Sender(threading.Thread):
                 stop = True
             else:
                 records.append(item)
-        self.spool.append(records)
+        self._spool(records)
         self._count(handled=len(records))
         return stop
 
@@ -222,14 +265,23 @@ class Sender(threading.Thread):
             records = self.spool.read_unsent(5000)
             if not self._send_records(records, from_spool=True):
                 return False
+        if self.overflow:
+            self._spool([])  # the disk first: records queued later must stay behind these
+        if self.overflow and not self.spool.unsent():
+            batch, self.overflow = self.overflow, []
+            if not self._send_records(batch, from_spool=False, counted=True):
+                return False
+        if self.spool.unsent():
+            return self._drain()
         if self.in_outage:
             log.warning("MLflow reachable again: spool %s delivered", self.spool.path)
             self.in_outage = False
         return True
 
-    def _send_records(self, records: List[dict], from_spool: bool) -> bool:
+    def _send_records(self, records: List[dict], from_spool: bool, counted: bool = False) -> bool:
         """Send in order; on an outage spool the rest (when they came from memory) and return
-        False. Records from the spool are marked sent chunk by chunk."""
+        False. Records from the spool are marked sent chunk by chunk. counted: the records
+        were already counted as handled (they come back from the in-memory overflow)."""
         chunks = merge(records)
         for i, chunk in enumerate(chunks):
             try:
@@ -240,19 +292,23 @@ class Sender(threading.Thread):
                     log.error("MLflow refused %d %s record(s) for run %s: %s; kept in %s",
                               len(chunk), chunk[0]["op"], chunk[0].get("run"), exc,
                               self.spool.rejected_path)
-                    self.spool.reject(chunk, f"{type(exc).__name__}: {exc}")
+                    try:
+                        self.spool.reject(chunk, f"{type(exc).__name__}: {exc}")
+                    except OSError as err:
+                        log.error("MLflow: could not keep the %d refused record(s) in %s (%s)",
+                                  len(chunk), self.spool.rejected_path, err.strerror or err)
                     with self._lock:
                         self.rejected += len(chunk)
                 else:
                     self._enter_outage(exc)
                     if not from_spool:
                         rest = [r for c in chunks[i:] for r in c]
-                        self.spool.append(rest)
-                        self._count(handled=len(rest))
+                        self._spool(rest)
+                        self._count(handled=0 if counted else len(rest))
                     return False
             if from_spool:
                 self.spool.mark_sent(len(chunk))
-            else:
+            elif not counted:
                 self._count(handled=len(chunk))
         return True
 

@@ -58,10 +58,23 @@ class Spool:
         if not records:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())  # survives a node crash too, not only a process crash
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        # Unbuffered, so a failed write leaves nothing behind in a buffer for close() to flush.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)  # survives a node crash too, not only a process crash
+            except OSError:
+                # Disk full mid-write: cut the torn tail off (truncating frees space, so it
+                # works on a full disk) so the next append starts on a line boundary.
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
         self._total += len(records)
 
     def read_unsent(self, limit: int) -> List[dict]:
@@ -93,7 +106,13 @@ class Spool:
             self.offset_path.unlink(missing_ok=True)
             self._offset = self._total = 0
         else:
-            atomic_write_text(self.offset_path, str(self._offset))
+            try:
+                atomic_write_text(self.offset_path, str(self._offset))
+            except OSError as e:
+                # The records were delivered; an offset left behind only means they are sent
+                # again after a restart, which MLflow ignores (module docstring).
+                log.warning("spool offset %s not written (%s); delivered records may be "
+                            "re-sent after a restart", self.offset_path, e.strerror or e)
 
     def reject(self, records: List[dict], error: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
