@@ -264,6 +264,10 @@ class CheckpointConfig:
     every: int = 50
     keep_last: int = 2
     resume: bool = True
+    # Seconds a scheduler leaves between its preemption signal and the kill (SLURM:
+    # --signal=B:USR1@N, 300 in slurm/*.sh). A step plus a save longer than this is warned
+    # about at the first save (train/preemption.py). 0: not checked.
+    grace_s: float = 300.0
 
 
 @dataclass

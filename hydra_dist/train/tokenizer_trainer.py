@@ -180,7 +180,7 @@ def _train(cfg: RunConfig, layout) -> dict:
         (["lpips"] if lpips else []) + (["gan_g", "gan_d"] if disc else [])
     dp_group, ga, step = ps.get_data_parallel_group(), cfg.parallel.grad_accum, state["step"]
     stop_at = cfg.train.stop_at_step or cfg.train.steps
-    history, preempt, stopped_by = [], PreemptionFlag(), None
+    history, preempt, stopped_by = [], PreemptionFlag(cfg.checkpoint.grace_s), None
     semantic = t.stage == 1 and w.dist > 0
     while step < min(cfg.train.steps, stop_at):
         t0 = time.perf_counter()
@@ -238,7 +238,9 @@ def _train(cfg: RunConfig, layout) -> dict:
         if step % cfg.checkpoint.every == 0 or step in (cfg.train.steps, stop_at) or stopped_by:
             state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id)
             extra = {"disc": disc.state_dict(), "disc_opt": d_opt.state_dict()} if disc else None
+            t_save = time.perf_counter()
             saved = ckpt.save(engine, step, state, extra=extra)
+            preempt.note_save(dt, time.perf_counter() - t_save)
             log.info("checkpoint %s", run_dir / "checkpoints" / saved)
         if stopped_by:
             log.warning("stopping at step %d after %s; re-run the same command to resume", step, stopped_by)

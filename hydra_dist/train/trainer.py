@@ -89,7 +89,7 @@ def _train(cfg: RunConfig, layout) -> dict:
     dp_group = ps.get_data_parallel_group()
     stop_at = cfg.train.stop_at_step or cfg.train.steps
     history = []
-    preempt = PreemptionFlag()
+    preempt = PreemptionFlag(cfg.checkpoint.grace_s)
     stopped_by = None
     skipped, skipped_in_row = state.get("skipped_steps", 0), 0
     grid = None
@@ -162,7 +162,9 @@ def _train(cfg: RunConfig, layout) -> dict:
             Phase.set("checkpoint save")
             state.update(step=step, data=loader.state_dict(), mlflow_run_id=tracker.run_id,
                          skipped_steps=skipped)
+            t_save = time.perf_counter()
             saved = ckpt.save(engine, step, state)
+            preempt.note_save(dt, time.perf_counter() - t_save)
             log.info("checkpoint %s", run_dir / "checkpoints" / saved)
         if stopped_by:
             log.warning("stopping at step %d after %s; re-run the same command to resume", step, stopped_by)

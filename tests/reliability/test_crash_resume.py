@@ -18,8 +18,10 @@ ARGS = TINY + ["train.steps=6", "checkpoint.every=2", "checkpoint.keep_last=3"]
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("reference")
-    res = run_torchrun(2, ARGS + [f"output_dir={run}"], timeout=400)
+    # a grace period no save can meet: the warning must appear (the numbers do not change)
+    res = run_torchrun(2, ARGS + [f"output_dir={run}", "checkpoint.grace_s=0.001"], timeout=400)
     assert res.returncode == 0, res.stdout[-4000:]
+    assert "take longer than the preemption grace period checkpoint.grace_s = 0 s" in res.stdout
     return run
 
 

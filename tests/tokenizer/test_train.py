@@ -60,8 +60,9 @@ def test_tiny_stage2_gan_lpips_two_processes_resume(tmp_path, megatron_tp1):
             "parallel.micro_batch_size=4", "tokenizer.eval_images=0", "tokenizer.weights.lpips=0.1",
             "tokenizer.lpips.net=alex", f"tokenizer.lpips.trunk_weights={tmp_path / 'trunk.pth'}",
             f"tokenizer.lpips.lin_weights={tmp_path / 'lin.pth'}"]
-    res = run_torchrun(2, args + ["train.stop_at_step=2"], timeout=300)
+    res = run_torchrun(2, args + ["train.stop_at_step=2", "checkpoint.grace_s=0.001"], timeout=300)
     assert res.returncode == 0, res.stdout[-4000:]
+    assert "take longer than the preemption grace period checkpoint.grace_s" in res.stdout
     ck = run / "checkpoints" / "step00000002"
     extra = torch.load(ck / "extra_state.pt", weights_only=True)
     assert set(extra) == {"disc", "disc_opt"} and "extra_state.pt" in (ck / "manifest.json").read_text()
