@@ -4,8 +4,10 @@
 #
 # What it does, once per (re)start of the job:
 #   1. sources the site file (HYDRA_SITE_ENV, default slurm/env.sh): modules, venv, NCCL/IB;
-#   2. resolves the run folder from the config (hydra-pretrain --print-config), stops early if
-#      <run>/FINISHED exists, and puts this start's logs in <run>/logs/job<ID>-restart<N>/;
+#   2. resolves the run folder from the config (hydra-pretrain --print-run-dir, in a one-task
+#      step through the same srun arguments and task wrapper as training: inside the
+#      container, so the batch host needs no Python), stops early if <run>/FINISHED exists,
+#      and puts this start's logs in <run>/logs/job<ID>-restart<N>/;
 #   3. rendezvous: MASTER_ADDR = first node of the allocation (or HYDRA_MASTER_ADDR),
 #      MASTER_PORT derived from the job id and restart count (or HYDRA_MASTER_PORT);
 #   4. one `srun`, one task per GPU (or per HYDRA_PROCS_PER_NODE on CPU nodes), each task the
@@ -145,14 +147,26 @@ hydra_main() {
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cpt < 8 ? cpt : 8 ))}"
 
   # ---- run folder and logs ------------------------------------------------------------------
+  # Resolved by a one-task step with the same srun arguments and task wrapper as training, so
+  # it runs where training runs: inside the container (pyxis: --container-image=... in
+  # HYDRA_SRUN_ARGS; apptainer: HYDRA_TASK_WRAPPER="apptainer exec --nv img.sif"). The batch
+  # host needs no Python of ours. The step also checks the config's files (exit 2 names them).
   local run_dir="${HYDRA_RUN_DIR:-}"
   if [ -z "$run_dir" ]; then
-    local resolved
-    if ! resolved=$(WORLD_SIZE="$world" "$py" -m "$entry" "$config" "${overrides[@]}" --print-config); then
+    local resolved rc=0
+    # shellcheck disable=SC2086  # HYDRA_SRUN_ARGS and HYDRA_TASK_WRAPPER are meant to be word-split
+    resolved=$(WORLD_SIZE="$world" srun --nodes=1 --ntasks=1 --kill-on-bad-exit=1 ${HYDRA_SRUN_ARGS:-} \
+      ${HYDRA_TASK_WRAPPER:-} "$py" -m "$entry" "$config" "${overrides[@]}" --print-run-dir) || rc=$?
+    if [ "$rc" -eq 2 ]; then
       echo "error: the config does not resolve (above); not starting, not requeueing" >&2
       return 2
+    elif [ "$rc" -ne 0 ]; then
+      echo "error: the step resolving the config failed with status $rc before training (no" \
+        "'$py' in the task's environment? check HYDRA_PYTHON, HYDRA_SRUN_ARGS," \
+        "HYDRA_TASK_WRAPPER, or set HYDRA_RUN_DIR)" >&2
+      return "$rc"
     fi
-    run_dir=$(printf '%s\n' "$resolved" | "$py" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["output_dir"])')
+    run_dir=$(printf '%s\n' "$resolved" | tail -n 1)
   fi
   run_dir=$(realpath -m "$run_dir")
   local log_dir="$run_dir/logs/job${SLURM_JOB_ID}-restart${restart}"

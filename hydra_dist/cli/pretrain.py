@@ -27,6 +27,9 @@ def parse_args(argv):
     ap.add_argument("--nproc-per-node", type=int, default=0,
                     help="launch N local processes through torchrun")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--print-run-dir", action="store_true",
+                    help="check the config and its files, print the run folder (output_dir) and "
+                         "exit: what slurm/_launch.sh runs inside the job's container")
     args = ap.parse_args(argv)
     if args.config and "=" in args.config and not os.path.exists(args.config):
         args.overrides.insert(0, args.config)
@@ -108,6 +111,15 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     from hydra_dist.config import ConfigError, load_config, to_dict
+    if args.print_run_dir:
+        world = args.nproc_per_node or int(os.environ.get("WORLD_SIZE", "1"))
+        try:
+            cfg = load_config(args.config, args.overrides, world_size=world, check_files=True)
+        except ConfigError as e:
+            print(f"config error:\n{e}", file=sys.stderr)
+            return 2
+        print(cfg.output_dir)
+        return 0
     if args.nproc_per_node and "RANK" not in os.environ:
         try:  # a bad config fails here, once, before torchrun starts any process
             load_config(args.config, args.overrides, world_size=args.nproc_per_node,

@@ -1,11 +1,15 @@
 """sbatch slurm/pretrain_unified.sh on a real SLURM with two fake nodes (1 CPU process each,
 world size 2, gloo): a run to completion, and a run signalled the way a time limit signals it
 (--signal=B:USR1 = scancel -b -s USR1), which checkpoints, requeues itself and finishes with no
-step lost or repeated."""
+step lost or repeated. The signalled run is also the container case: the batch step's PATH
+has no `python`, only the task wrapper (tests/slurm/fake_container.sh, standing in for
+`apptainer exec IMAGE`) puts the project's Python on PATH, so every Python step (the config
+resolution too) must run through it."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,14 +24,32 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMO
 pytestmark = pytest.mark.timeout(300)  # each test < 5 min; the fixture then kills everything
 
 
-def submit(cluster, tmp_path: Path, overrides: list[str]) -> str:
+HERE = REPO / "tests" / "slurm"
+BARE_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"  # SLURM's tools, no project Python
+
+
+def container_image(tmp_path: Path) -> Path:
+    """A folder standing in for an image: bin/python runs the project's interpreter."""
+    image = tmp_path / "image"
+    (image / "bin").mkdir(parents=True)
+    py = image / "bin" / "python"
+    py.write_text(f"#!/bin/sh\nexec '{sys.executable}' \"$@\"\n")
+    py.chmod(0o755)
+    return image
+
+
+def submit(cluster, tmp_path: Path, overrides: list[str], image: Path | None = None) -> str:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                        "MASTER_PORT")}
+                        "MASTER_PORT", "VIRTUAL_ENV")}
     env.update(HYDRA_DEVICE="cpu", HYDRA_PROCS_PER_NODE="1", HYDRA_MASTER_ADDR="127.0.0.1",
                HYDRA_PYTHON=sys.executable, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu",
-               HYDRA_TASK_WRAPPER=str(REPO / "tests" / "slurm" / "fake_node.sh"),
+               HYDRA_TASK_WRAPPER=str(HERE / "fake_node.sh"),
                SLURM_CONF=str(cluster.conf))
+    if image is not None:  # python only inside the "container"
+        assert shutil.which("python", path=BARE_PATH) is None
+        env.update(PATH=BARE_PATH, HYDRA_PYTHON="python",
+                   HYDRA_TASK_WRAPPER=f"{HERE / 'fake_container.sh'} {image} {HERE / 'fake_node.sh'}")
     r = cluster.run("sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
                     "--time=10", f"--output={tmp_path}/slurm-%j.out", SCRIPT, *BASE, *overrides,
                     env=env, cwd=str(REPO))
@@ -89,7 +111,8 @@ def test_two_node_job_runs_to_completion(slurm_cluster, tmp_path):
 def test_time_limit_signal_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     t0 = time.time()
     run, n = tmp_path / "run", 40
-    job = submit(slurm_cluster, tmp_path, [f"train.steps={n}", f"output_dir={run}"])
+    job = submit(slurm_cluster, tmp_path, [f"train.steps={n}", f"output_dir={run}"],
+                 image=container_image(tmp_path))
     wait_for(lambda: len(steps(run)) >= 3, 200, "step 3", slurm_cluster, job, tmp_path)
     # What --signal=B:USR1@300 does before the time limit: SIGUSR1 to the batch shell only.
     slurm_cluster.run("scancel", "-b", "-s", "USR1", job)
