@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import shutil
@@ -26,6 +27,10 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .reshard import load_resharded
+
+log = logging.getLogger("hydra_dist")
 
 MANIFEST = "manifest.json"
 EXTRA = "extra_state.pt"
@@ -43,9 +48,11 @@ def engine_layout(engine) -> Dict[str, Any]:
             "dp": ps.get_data_parallel_world_size(), "zero_stage": int(stage)}
 
 
-def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]) -> None:
-    """Resuming needs the same engine, TP, PP and ZeRO stage; a new DP size works where the
-    state does not depend on it (megatron engine, ZeRO-0). Else a clear error, not DeepSpeed's."""
+def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]) -> bool:
+    """Resuming needs the same engine, TP, PP and ZeRO stage. A new DP size works on every
+    engine: the megatron engine and ZeRO-0 hold whole state per replica, ZeRO-1/2/3 state is
+    re-partitioned from the files (reshard.py). True when that re-partitioning is needed; a
+    layout that cannot be resumed is refused here, before anything loads, naming both."""
     def fmt(x):
         return f"{x['engine']} tp={x['tp']} pp={x['pp']} dp={x['dp']} zero_stage={x['zero_stage']}"
     fresh = (f"start from its weights instead: hydra-export-hf {folder} OUT, then "
@@ -53,11 +60,7 @@ def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]
     if any(saved[k] != now[k] for k in ("engine", "tp", "pp", "zero_stage")):
         raise RuntimeError(f"{folder}: saved as {fmt(saved)}, this run is {fmt(now)}; resuming "
                            f"needs the same engine, TP, PP and ZeRO stage; {fresh}")
-    if saved["dp"] != now["dp"] and now["engine"] == "deepspeed" and now["zero_stage"] > 0:
-        raise RuntimeError(f"{folder}: saved with DP={saved['dp']}, this run has DP={now['dp']}; "
-                           f"ZeRO-{now['zero_stage']} partitions the optimizer state over DP and "
-                           f"DeepSpeed does not re-partition it on load; resume with DP={saved['dp']}, "
-                           f"or {fresh}")
+    return saved["dp"] != now["dp"] and now["engine"] == "deepspeed" and now["zero_stage"] > 0
 
 
 def _barrier():
@@ -259,12 +262,20 @@ class CheckpointManager:
 
     def load(self, engine, tag: str) -> Dict[str, Any]:
         folder = self.root / tag
+        reshard, now = False, engine_layout(engine)
         if (folder / LAYOUT).is_file():  # older checkpoints lack it
-            check_resume_layout(folder, json.loads((folder / LAYOUT).read_text()), engine_layout(engine))
-        use_safe_loader(engine)
-        load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)
-        if load_path is None:
-            raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint to load")
+            saved = json.loads((folder / LAYOUT).read_text())
+            reshard = check_resume_layout(folder, saved, now)
+        if reshard:
+            log.info("%s was saved with DP=%d, this run has DP=%d: re-partitioning the ZeRO-%d "
+                     "state from the files", folder, saved["dp"], now["dp"], now["zero_stage"])
+            from megatron.core import parallel_state as ps
+            load_resharded(engine, folder, now["zero_stage"], ps.get_tensor_model_parallel_rank())
+        else:
+            use_safe_loader(engine)
+            load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)
+            if load_path is None:
+                raise RuntimeError(f"{folder}: DeepSpeed found no checkpoint to load")
         rank_file = folder / "rank_state" / f"rank{self.rank}.pt"
         if rank_file.is_file():  # absent when the world size changed; RNG then restarts per seed
             set_rng_state(torch.load(rank_file, weights_only=True))

@@ -101,16 +101,45 @@ class StreamingBatches:
             self._replay_to = (int(me["raw"]), int(me["fifo"]), int(me["cycle"]), bool(me["exhausted"]))
             self.errors.update(me.get("errors", {}))
         else:
+            consumed = self._consumed(state)
+            if consumed is not None:
+                # Another DP size, and every rank had emitted exactly what it read: the epoch
+                # goes on from the samples consumed. Streaming orders samples over its
+                # canonical nodes (kept in its state), not over ranks, so the new ranks split
+                # the rest of the same order: nothing is seen twice or skipped.
+                log.info("data: checkpoint has %d ranks, this run %d: resuming the epoch at "
+                         "sample %d", len(ranks), self.world, consumed)
+                self.out = self.raw = consumed // self.global_batch
+                self.ds.load_state_dict({**state["streaming"], "sample_in_epoch": consumed})
+                if self.rank == 0:  # the old ranks' counts, kept once
+                    for r in ranks:
+                        self.errors.update(r.get("errors", {}))
+                return
             if ranks:
-                log.warning("data: checkpoint has %d ranks, this run %d: resuming at the common "
+                log.warning("data: checkpoint has %d ranks, this run %d, and some rank held "
+                            "refill samples (bad samples were skipped): resuming at the common "
                             "position (not sample-exact)", len(ranks), self.world)
             self.out = int(state["sample_in_epoch"]) // self.global_batch
         self.raw = int(state["sample_in_epoch"]) // self.global_batch
         self.ds.load_state_dict(state["streaming"])
 
+    def _consumed(self, state: Dict[str, Any]) -> Optional[int]:
+        """Samples of the epoch consumed when every rank had emitted all it read and its
+        epoch was not cycling; None when a rank held leftovers (or an old state lacks it)."""
+        ranks, old_gb = state.get("ranks"), state.get("global_batch")
+        if not ranks or not old_gb:
+            return None
+        if any(r["fifo"] or r["cycle"] or r["exhausted"] or r["raw"] != state["out"] for r in ranks):
+            return None
+        consumed = int(state["out"]) * int(old_gb)
+        if consumed % self.global_batch:
+            return None
+        return consumed
+
     def _start(self) -> None:
         self._it = iter(self.loader)
         if self._replay_to is None:
+            self._loaded = None  # reading has begun: state_dict describes this run from now on
             return
         target, nfifo, cycle, exhausted = self._replay_to
         while self.raw < target:  # rebuild the FIFO exactly; errors were counted already
@@ -200,7 +229,7 @@ class StreamingBatches:
         st = self.ds.state_dict(pos, from_beginning=True)
         st["epoch"] = self.epoch
         return {"epoch": self.epoch, "sample_in_epoch": pos, "out": self.out,
-                "streaming": st, "ranks": ranks}
+                "global_batch": self.global_batch, "streaming": st, "ranks": ranks}
 
     def error_counts(self, all_ranks: bool = False) -> Dict[str, int]:
         """Bad samples skipped so far (this run and the runs it resumed), per source name.

@@ -155,11 +155,19 @@ def _shape(s) -> Tuple[int, ...]:
     return tuple(int(x) for x in s)
 
 
-class ZeroCheckpoint:
-    """One DeepSpeed checkpoint folder (a `stepNNNNNNNN` tag)."""
+STATES = ("fp32", "exp_avg", "exp_avg_sq")
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+
+class ZeroCheckpoint:
+    """One DeepSpeed checkpoint folder (a `stepNNNNNNNN` tag). state: what to read per
+    parameter: the fp32 master ("fp32", with frozen parameters and buffers as stored) or an Adam
+    moment ("exp_avg", "exp_avg_sq": trainable parameters only). DeepSpeed lays each moment out
+    exactly like the fp32 flat partition it belongs to, so the same offsets apply."""
+
+    def __init__(self, folder: str | Path, state: str = "fp32"):
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        self.folder, self.state = Path(folder), state
         optim = {}
         for p in self.folder.iterdir():
             m = _OPTIM_RE.search(p.name)
@@ -211,8 +219,9 @@ class ZeroCheckpoint:
         param_shapes = ms[0]["param_shapes"]
         W = self.dp
         if stage == 3:
-            key = "fp32_flat_groups"
-            per_rank = [Virtual([OnDisk.of(f, t) for t in o[key]]) for f, o in zip(opt_files, osd)]
+            per_rank = [Virtual([OnDisk.of(f, t) for t in self._flat(o, "fp32_flat_groups",
+                                                                      "optimizer_state_dict")])
+                        for f, o in zip(opt_files, osd)]
             off = 0
             for group in param_shapes:
                 for name, shape in group.items():
@@ -222,16 +231,17 @@ class ZeroCheckpoint:
                     off += chunk
             if off * W != sum(v.numel for v in per_rank):
                 raise ValueError(f"{self.folder}: consumed {off * W} of {sum(v.numel for v in per_rank)} elements")
-            frozen = ms[0].get("frozen_param_shapes") or {}
+            frozen = (ms[0].get("frozen_param_shapes") or {}) if self.state == "fp32" else {}
             for name, shape in frozen.items():
                 shape = _shape(shape)
                 frags = [OnDisk.of(f, m["frozen_param_fragments"][name]) for f, m in zip(model_files, ms)]
                 locs[name] = ParamLoc(shape, [(fr, 0, fr.numel) for fr in frags], frags[0].dtype)
         else:
-            key = "single_partition_of_fp32_groups"
+            flats = [self._flat(o, "single_partition_of_fp32_groups", "base_optimizer_state")
+                     for o in osd]
             paddings = osd[0].get("param_alignment_paddings")
             for g, group in enumerate(param_shapes):
-                vec = Virtual([OnDisk.of(f, o[key][g]) for f, o in zip(opt_files, osd)])
+                vec = Virtual([OnDisk.of(f, fl[g]) for f, fl in zip(opt_files, flats)])
                 off = 0
                 for i, (name, shape) in enumerate(group.items()):
                     shape = _shape(shape)
@@ -241,6 +251,8 @@ class ZeroCheckpoint:
                 align = 2 * W
                 if align * math.ceil(off / align) != align * math.ceil(vec.numel / align):
                     raise ValueError(f"{self.folder}: group {g} consumed {off} of {vec.numel} elements")
+            if self.state != "fp32":  # moments exist for trainable parameters only
+                return locs
             frozen = ms[0].get("frozen_param_shapes") or {}
             for name, shape in frozen.items():
                 t = ms[0]["frozen_param_fragments"][name]
@@ -258,6 +270,28 @@ class ZeroCheckpoint:
             if target in locs:
                 locs[alias] = locs[target]
         return locs
+
+    def _flat(self, osd: dict, fp32_key: str, optim_key: str) -> list:
+        """The flat partitions (one per group) of what self.state names, in one optim file."""
+        if self.state == "fp32":
+            return osd[fp32_key]
+        state = osd[optim_key]["state"]
+        return [state[i][self.state] for i in range(len(osd[fp32_key]))]
+
+    def param_groups(self) -> list:
+        """The optimizer's param groups as saved (lr, betas, weight decay, ...; no tensors)."""
+        osd = load_meta(self.optim[(0, 0)])["optimizer_state_dict"]
+        base = osd["optimizer_state_dict" if self._stage == 3 else "base_optimizer_state"]
+        return base["param_groups"]
+
+    def adam_step(self) -> float:
+        """Adam's step count (optimizer updates taken), as the first group's state holds it."""
+        f = self.optim[(0, 0)]
+        osd = load_meta(f)["optimizer_state_dict"]
+        base = osd["optimizer_state_dict" if self._stage == 3 else "base_optimizer_state"]
+        out = torch.empty(1, dtype=torch.float32)
+        OnDisk.of(f, base["state"][0]["step"].reshape(1)).read_into(0, out)
+        return float(out.item())
 
     # -- reading -----------------------------------------------------------------------
     def layout(self) -> dict:
@@ -283,6 +317,10 @@ class ZeroCheckpoint:
     def load(self, name: str) -> torch.Tensor:
         """The full fp32 (as stored) tensor, TP slices merged."""
         return merge_tp(name, [locs[name].load() for locs in self._locs])
+
+    def load_tp_local(self, name: str, mp: int) -> torch.Tensor:
+        """TP rank mp's own slice, as that rank's module holds it (resharding over DP)."""
+        return self._locs[mp][name].load()
 
     def items(self, names: Optional[List[str]] = None) -> Iterator[Tuple[str, torch.Tensor]]:
         for n in names or self.names():

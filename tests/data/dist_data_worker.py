@@ -1,5 +1,6 @@
 """torchrun worker: what each rank reads (disjoint over DP, equal over TP) and exact resume
-with per-rank bad samples. Writes <out>/<mode>_rank<R>.json."""
+with per-rank bad samples; in mode "elastic" the state after 3 steps, for another DP size.
+Writes <out>/<mode>_rank<R>.json."""
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from hydra_dist.data.loader import StreamingBatches
 def main(src_img: str, src_txt: str, out: str, mode: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    dp, rep = (2, 1) if mode == "dp" else (1, 2)
+    dp, rep = (1, 2) if mode == "tp" else (2, 1)
     sources = [{"path": src_img, "task": "auto", "proportion": 3.0},
                {"path": src_txt, "task": "text", "proportion": 1.0}]
 
@@ -23,6 +24,15 @@ def main(src_img: str, src_txt: str, out: str, mode: str) -> None:
     def take(ld, n):
         return [[s["id"] for s in ld.next_samples()] for _ in range(n)]
 
+    if mode == "elastic":  # 3 steps on DP=2, then the state for another DP size
+        ld = make()
+        head = take(ld, 3)
+        state = ld.state_dict()
+        with open(os.path.join(out, f"{mode}_rank{rank}.json"), "w") as f:
+            json.dump({"head": head, "state": state}, f)
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     full_ld = make()
     full = take(full_ld, 12)
     a = make()

@@ -1,5 +1,6 @@
 """2 real processes (torchrun, gloo): DP ranks read disjoint samples, TP peers the same ones,
-and a resume with bad samples on one rank is exact on every rank."""
+a resume with bad samples on one rank is exact on every rank, and a DP=2 state resumed on
+DP=1 finishes the epoch with every sample exactly once."""
 import json
 from pathlib import Path
 
@@ -44,3 +45,23 @@ def test_dp_disjoint_and_exact_resume(tmp_path, srcs):
 def test_tp_peers_read_the_same_batches(tmp_path, srcs):
     r0, r1 = _run(tmp_path, srcs, "tp")
     assert r0["full"] == r1["full"] and r0["resumed"] == r0["full"]
+
+
+def test_dp2_state_resumed_on_dp1_covers_the_epoch_once(tmp_path):
+    """Issue 19: samples seen before a DP change (2 ranks, 3 steps) and after it (1 rank, the
+    rest of the epoch) together are the epoch, each sample once."""
+    from hydra_dist.data.loader import StreamingBatches
+    img = write_caption_mds(tmp_path / "img", 48)   # no bad samples: the exact case
+    txt = write_text_mds(tmp_path / "txt", 16)   # 64 in all: streaming pads no sample in
+    r0, r1 = _run(tmp_path, (img, txt, {}), "elastic")
+    before = [i for r in (r0, r1) for b in r["head"] for i in b]
+    assert len(before) == 24 == len(set(before))
+    sources = [{"path": str(img), "task": "auto", "proportion": 3.0},
+               {"path": str(txt), "task": "text", "proportion": 1.0}]
+    ld = StreamingBatches("", lambda s: s, 4, 1, 1, True, 7, 0, r0["state"], sources=sources,
+                          image_size=8)
+    after = [s["id"] for _ in range(10) for s in ld.next_samples()]   # 64 - 24 = 40 samples
+    assert ld.epoch == 0
+    assert sorted(before + after) == list(range(64))
+    ld.next_samples()
+    assert ld.epoch == 1   # and the epoch ends where it should

@@ -1,0 +1,53 @@
+"""torchrun worker for test_elastic_resume.py: build the engine for this world exactly as the
+trainer does, load the run's latest checkpoint through CheckpointManager (DeepSpeed's own load
+on the saved layout, the resharding load on another DP size), then gather every parameter's
+fp32 master and both Adam moments with DeepSpeed's safe_get_full_* API and write them (rank 0)
+with the optimizer's lr per group and Adam's step, to compare layouts bitwise.
+
+  torchrun ... elastic_worker.py OUT.pt CONFIG [key=value ...]"""
+import sys
+from pathlib import Path
+
+import torch
+
+from hydra_dist.checkpoint import CheckpointManager
+from hydra_dist.checkpoint.reshard import link_optimizer_state
+from hydra_dist.config import load_config
+from hydra_dist.distributed.init import init_distributed, shutdown
+from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+from hydra_dist.train.run_setup import build_model, resolve_batch
+
+
+def main(out: str, args: list) -> None:
+    import logging
+    import os
+    logging.basicConfig(level=logging.INFO)
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+    cfg = load_config(args[0], args[1:], world_size=int(os.environ["WORLD_SIZE"]))
+    p = cfg.parallel
+    layout = init_distributed(p.tp, p.pp, p.timeout_s, p.backend)
+    try:
+        resolve_batch(cfg, layout)
+        engine = build_deepspeed(build_model(cfg, layout), cfg)
+        ckpt = CheckpointManager(Path(cfg.output_dir) / "checkpoints", 2, layout.rank)
+        state = ckpt.load(engine, ckpt.latest())
+        link_optimizer_state(engine.optimizer)   # ZeRO-1/2 before a step: see reshard.py
+        got = {"step": state["step"], "values": {}}
+        for name, prm in engine.module.named_parameters():
+            if not prm.requires_grad:
+                continue
+            got["values"][name] = [safe_get_full_fp32_param(prm).cpu().clone(),
+                                   safe_get_full_optimizer_state(prm, "exp_avg").cpu().clone(),
+                                   safe_get_full_optimizer_state(prm, "exp_avg_sq").cpu().clone()]
+        opt = engine.optimizer.optimizer
+        got["lr"] = [g["lr"] for g in opt.param_groups]
+        got["adam_step"] = sorted({float(s["step"]) for s in opt.state.values() if "step" in s})
+        got["sched"] = engine.lr_scheduler.state_dict()["last_epoch"]
+        if layout.rank == 0:
+            torch.save(got, out)
+    finally:
+        shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
