@@ -1,8 +1,9 @@
 """What resuming on another DP size costs (hydra_dist/checkpoint/reshard.py), against
-DeepSpeed's own load_checkpoint on the saved layout, in one run on this machine: a ZeRO-3 DP=2
-checkpoint of a model with an LLM of hidden 1024 x 4 layers (~60M parameters, ~1 GB of fp32
-state with Adam) is loaded on DP=2 (DeepSpeed) and on DP=1 (resharded). Prints load time and
-the peak resident memory the load added per rank, and the state size for scale.
+DeepSpeed's own load_checkpoint, in one run on this machine. The same model (an LLM of hidden
+1024 x 4 layers, ~42M trainable parameters) is saved under ZeRO-3 DP=2 and DP=1. Both loads end
+in the same layout, DP=1: the DP=1 checkpoint through DeepSpeed (the reference) and the DP=2
+one resharded. Prints load time and the peak resident memory each load added, with the state
+size for scale.
 
   python benchmarks/bench_reshard.py [--dir /tmp] [--hidden 1024] [--layers 4]
 Peak memory of the resharding load is bounded by one parameter (x3 for master and moments)
@@ -42,20 +43,24 @@ def main(argv=None) -> int:
            f"model.llm.ffn_size={h * 11 // 4}", f"model.llm.num_heads={h // 64}",
            "model.llm.num_kv_heads=4"]
     with tempfile.TemporaryDirectory(dir=a.dir) as d:
-        run = Path(d) / "run"
-        torchrun(2, ["-m", "hydra_dist.cli.pretrain", *cfg, "train.steps=1", f"output_dir={run}"],
-                 Path(d) / "train.log")
-        tag = (run / "checkpoints" / "latest").read_text().strip()
-        state_mb = sum(f.stat().st_size for f in (run / "checkpoints" / tag).rglob("*")
+        runs = {}
+        for n in (2, 1):   # the same model saved under DP=2 and under DP=1
+            run = Path(d) / f"saved_dp{n}"
+            torchrun(n, ["-m", "hydra_dist.cli.pretrain", *cfg, "train.steps=1", f"output_dir={run}"],
+                     Path(d) / f"train{n}.log")
+            runs[n] = run
+        tag = (runs[2] / "checkpoints" / "latest").read_text().strip()
+        state_mb = sum(f.stat().st_size for f in (runs[2] / "checkpoints" / tag).rglob("*")
                        if f.is_file()) / 2 ** 20
         results = {}
-        for n, name in ((2, "DeepSpeed load_checkpoint, DP=2 (saved layout)"),
-                        (1, "resharded onto DP=1")):
-            copy = Path(d) / f"run{n}"
-            shutil.copytree(run, copy)
-            out = Path(d) / f"load{n}.jsonl"
-            torchrun(n, [str(HERE / "reshard_worker.py"), str(out), *cfg, f"output_dir={copy}"],
-                     Path(d) / f"load{n}.log")
+        # Both loads end in the same layout (DP=1), holding the same amount of state.
+        for saved, name in ((1, "DeepSpeed load_checkpoint of a DP=1 checkpoint (reference)"),
+                            (2, "resharded: the DP=2 checkpoint onto DP=1")):
+            copy = Path(d) / f"load{saved}"
+            shutil.copytree(runs[saved], copy)
+            out = Path(d) / f"load{saved}.jsonl"
+            torchrun(1, [str(HERE / "reshard_worker.py"), str(out), *cfg, f"output_dir={copy}"],
+                     Path(d) / f"load{saved}.log")
             results[name] = [json.loads(x) for x in out.read_text().splitlines()]
             shutil.rmtree(copy)
     print(f"checkpoint: {state_mb:.0f} MiB on disk (ZeRO-3 DP=2, LLM hidden {h} x {a.layers} layers)")
@@ -64,8 +69,9 @@ def main(argv=None) -> int:
     for name, rows in results.items():
         print(f"| {name} | {len(rows)} | {max(r['load_s'] for r in rows):.2f} | "
               f"{max(r['peak_added_mb'] for r in rows):.0f} |")
-    (ds,), (rs,) = ([max(r["load_s"] for r in v)] for v in results.values())
-    print(f"resharded / DeepSpeed load time = {rs / ds:.2f}")
+    (ds, rs) = (max(r["load_s"] for r in v) for v in results.values())
+    (dm, rm) = (max(r["peak_added_mb"] for r in v) for v in results.values())
+    print(f"resharded / DeepSpeed: load time {rs / ds:.2f}, peak memory added {rm / max(dm, 1):.2f}")
     return 0
 
 

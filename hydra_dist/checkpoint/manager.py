@@ -49,18 +49,22 @@ def engine_layout(engine) -> Dict[str, Any]:
 
 
 def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]) -> bool:
-    """Resuming needs the same engine, TP, PP and ZeRO stage. A new DP size works on every
-    engine: the megatron engine and ZeRO-0 hold whole state per replica, ZeRO-1/2/3 state is
-    re-partitioned from the files (reshard.py). True when that re-partitioning is needed; a
-    layout that cannot be resumed is refused here, before anything loads, naming both."""
+    """Resuming needs the same engine, PP and ZeRO stage. A new DP size works on every engine:
+    the megatron engine and ZeRO-0 hold whole state per replica, ZeRO-1/2/3 state is
+    re-partitioned from the files (reshard.py), which also covers a new TP size under
+    ZeRO-1/2/3. True when that re-partitioning is needed; a layout that cannot be resumed is
+    refused here, before anything loads, naming both."""
     def fmt(x):
         return f"{x['engine']} tp={x['tp']} pp={x['pp']} dp={x['dp']} zero_stage={x['zero_stage']}"
     fresh = (f"start from its weights instead: hydra-export-hf {folder} OUT, then "
              "model.init_from=OUT (the optimizer and data order restart)")
-    if any(saved[k] != now[k] for k in ("engine", "tp", "pp", "zero_stage")):
+    zero = now["engine"] == "deepspeed" and now["zero_stage"] > 0
+    fixed = ("engine", "pp", "zero_stage") if zero else ("engine", "tp", "pp", "zero_stage")
+    if any(saved[k] != now[k] for k in fixed):
+        what = "engine, PP and ZeRO stage" if zero else "engine, TP, PP and ZeRO stage"
         raise RuntimeError(f"{folder}: saved as {fmt(saved)}, this run is {fmt(now)}; resuming "
-                           f"needs the same engine, TP, PP and ZeRO stage; {fresh}")
-    return saved["dp"] != now["dp"] and now["engine"] == "deepspeed" and now["zero_stage"] > 0
+                           f"needs the same {what}; {fresh}")
+    return zero and (saved["dp"] != now["dp"] or saved["tp"] != now["tp"])
 
 
 def _barrier():
@@ -267,10 +271,12 @@ class CheckpointManager:
             saved = json.loads((folder / LAYOUT).read_text())
             reshard = check_resume_layout(folder, saved, now)
         if reshard:
-            log.info("%s was saved with DP=%d, this run has DP=%d: re-partitioning the ZeRO-%d "
-                     "state from the files", folder, saved["dp"], now["dp"], now["zero_stage"])
+            log.info("%s was saved with DP=%d TP=%d, this run has DP=%d TP=%d: re-partitioning "
+                     "the ZeRO-%d state from the files", folder, saved["dp"], saved["tp"],
+                     now["dp"], now["tp"], now["zero_stage"])
             from megatron.core import parallel_state as ps
-            load_resharded(engine, folder, now["zero_stage"], ps.get_tensor_model_parallel_rank())
+            load_resharded(engine, folder, now["zero_stage"], now["tp"],
+                           ps.get_tensor_model_parallel_rank())
         else:
             use_safe_loader(engine)
             load_path, _ = engine.load_checkpoint(str(self.root), tag=tag)

@@ -1,5 +1,5 @@
-"""Resume a DeepSpeed ZeRO-1/2/3 checkpoint on another data-parallel size (docs/export.md,
-"Resuming under another layout").
+"""Resume a DeepSpeed ZeRO-1/2/3 checkpoint on another data-parallel and/or tensor-parallel
+size (docs/export.md, "Resuming under another layout").
 
 DeepSpeed's own load_checkpoint needs the DP size the state was partitioned for. Its universal
 checkpoint is an offline conversion that writes a second copy of the whole state, with loaders
@@ -75,15 +75,26 @@ def _scheduler_and_counters(folder: Path) -> dict:
     return {k: meta.get(k) for k in ("lr_scheduler", "global_steps", "global_samples", "skipped_steps")}
 
 
-def load_resharded(engine, folder: Path, zero_stage: int, tp_rank: int) -> None:
-    """Fill `engine` (built for this run's layout) from the ZeRO checkpoint in `folder`,
-    saved under another DP size with the same TP size and ZeRO stage."""
+def load_resharded(engine, folder: Path, zero_stage: int, tp: int, tp_rank: int) -> None:
+    """Fill `engine` (built for this run's layout: TP size tp, this rank tp_rank) from the ZeRO
+    checkpoint in `folder`, saved with the same ZeRO stage under another DP and/or TP size. A
+    TP change merges the saved TP slices of a tensor and cuts this rank's slice
+    (export/partition.py, the rule export and import use); Adam's moments follow their
+    parameter's layout, element for element, so they are cut the same way."""
+    from hydra_dist.export.partition import split_tp
     from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state,
                                  safe_set_local_fp32_param, safe_set_local_optimizer_state)
 
     from hydra_dist.export.ds_reader import ZeroCheckpoint
     readers = {k: ZeroCheckpoint(folder, state=k) for k in ("fp32", "exp_avg", "exp_avg_sq")}
     master = readers["fp32"]
+
+    def value(key: str, name: str) -> torch.Tensor:
+        r = readers[key]
+        if r.tp == tp:
+            return r.load_tp_local(name, tp_rank)
+        return split_tp(name, r.load(name), tp, tp_rank)
+
     stored = set(master.names())
     dp_rank = dist.get_rank(engine.optimizer.dp_process_group) if dist.is_initialized() else 0
     names = dict(engine.module.named_parameters())
@@ -94,28 +105,30 @@ def load_resharded(engine, folder: Path, zero_stage: int, tp_rank: int) -> None:
         raise RuntimeError(f"{folder}: no stored value for {len(missing)} parameters of this "
                            f"model, e.g. {missing[:3]} (another model?)")
     for name, p in names.items():
-        full = master.load_tp_local(name, tp_rank)
+        full = value("fp32", name)
+        if full.numel() != (getattr(p, "ds_numel", None) or p.numel()):
+            raise RuntimeError(f"{folder}: {name} holds {full.numel()} values for this rank, the "
+                               f"model has {getattr(p, 'ds_numel', None) or p.numel()}")
         if zero_stage == 3:
             part = p.ds_tensor.numel()
             local = _local_slice(full, part, dp_rank)
             if p.requires_grad:
                 safe_set_local_fp32_param(p, local.to(p.ds_tensor.device))
                 for key in ("exp_avg", "exp_avg_sq"):
-                    m = _local_slice(readers[key].load_tp_local(name, tp_rank), part, dp_rank)
+                    m = _local_slice(value(key, name), part, dp_rank)
                     safe_set_local_optimizer_state(p, m.to(p.ds_tensor.device), key)
             p.ds_tensor.data.copy_(local.to(p.ds_tensor.dtype))
         else:
             if p.requires_grad:
                 safe_set_full_fp32_param(p, full.to(p.device))
                 for key in ("exp_avg", "exp_avg_sq"):
-                    safe_set_full_optimizer_state(
-                        p, readers[key].load_tp_local(name, tp_rank).to(p.device), key)
+                    safe_set_full_optimizer_state(p, value(key, name).to(p.device), key)
             with torch.no_grad():
                 p.data.copy_(full.view(p.shape).to(p.dtype))
     for name, b in engine.module.named_buffers():
         if name in stored:
             with torch.no_grad():
-                b.copy_(master.load_tp_local(name, tp_rank).view(b.shape).to(b.dtype))
+                b.copy_(value("fp32", name).view(b.shape).to(b.dtype))
     step = master.adam_step()
     opt = engine.optimizer.optimizer   # the torch optimizer DeepSpeed wraps
     for st in list(opt.state.values()):

@@ -18,6 +18,19 @@ from hydra_dist.parallel.deepspeed_engine import build_deepspeed
 from hydra_dist.train.run_setup import build_model, resolve_batch
 
 
+def whole(name: str, t: torch.Tensor, tp: int) -> torch.Tensor:
+    """The TP-merged tensor (every TP rank's slice gathered over the TP group)."""
+    if tp == 1:
+        return t
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from hydra_dist.export.partition import merge_tp
+    parts = [torch.empty_like(t) for _ in range(tp)]
+    dist.all_gather(parts, t.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return merge_tp(name, parts)
+
+
 def main(out: str, args: list) -> None:
     import logging
     import os
@@ -36,9 +49,9 @@ def main(out: str, args: list) -> None:
         for name, prm in engine.module.named_parameters():
             if not prm.requires_grad:
                 continue
-            got["values"][name] = [safe_get_full_fp32_param(prm).cpu().clone(),
-                                   safe_get_full_optimizer_state(prm, "exp_avg").cpu().clone(),
-                                   safe_get_full_optimizer_state(prm, "exp_avg_sq").cpu().clone()]
+            local = [safe_get_full_fp32_param(prm), safe_get_full_optimizer_state(prm, "exp_avg"),
+                     safe_get_full_optimizer_state(prm, "exp_avg_sq")]
+            got["values"][name] = [whole(name, t.cpu().clone(), p.tp) for t in local]
         opt = engine.optimizer.optimizer
         got["lr"] = [g["lr"] for g in opt.param_groups]
         got["adam_step"] = sorted({float(s["step"]) for s in opt.state.values() if "step" in s})

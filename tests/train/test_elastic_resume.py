@@ -23,9 +23,9 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _state(tmp_path, run, nproc, tag, zero):
+def _state(tmp_path, run, nproc, tag, layout):
     out = tmp_path / f"{tag}.pt"
-    res = run_torchrun(nproc, [str(out), *COMMON, f"parallel.zero_stage={zero}", f"output_dir={run}"],
+    res = run_torchrun(nproc, [str(out), *COMMON, *layout, f"output_dir={run}"],
                        script=WORKER, timeout=400)
     assert res.returncode == 0, res.stdout[-4000:]
     return torch.load(out, weights_only=True), res.stdout
@@ -41,16 +41,17 @@ def _same_state(a, b):
     assert a["sched"] == b["sched"] and a["step"] == b["step"] == 2
 
 
-def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state):
-    run = tmp_path / f"z{zero}_dp{nproc}"
+def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state, tp=1, saved_ranks=2):
+    run = tmp_path / f"z{zero}_dp{nproc}_tp{tp}"
     shutil.copytree(saved, run)
-    state, out = _state(tmp_path, run, nproc, run.name, zero)
-    assert "this run has DP=" in out or "re-partitioning the ZeRO" in out, out[-3000:]
+    layout = [f"parallel.zero_stage={zero}", f"parallel.tp={tp}"]
+    state, out = _state(tmp_path, run, nproc, run.name, layout)
+    assert "re-partitioning the ZeRO" in out, out[-3000:]
     _same_state(ref_state, state)
-    res = run_torchrun(nproc, COMMON + [f"parallel.zero_stage={zero}", "train.steps=4",
-                                        f"output_dir={run}"], timeout=400)
+    res = run_torchrun(nproc, COMMON + layout + ["train.steps=4", f"output_dir={run}"], timeout=400)
     assert res.returncode == 0, res.stdout[-4000:]
-    assert f"checkpoint has 2 ranks, this run {nproc}: resuming the epoch at sample 32" in res.stdout
+    assert (f"checkpoint has {saved_ranks} ranks, this run {nproc}: resuming the epoch at sample 32"
+            in res.stdout)
     got = _metrics(run)
     assert [m["step"] for m in got] == [1, 2, 3, 4]
     for m, r in zip(got[2:], reference[2:]):
@@ -59,15 +60,17 @@ def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state):
         assert m["lr/" + "llm.decay"] == r["lr/" + "llm.decay"]
 
 
-def _saved_and_reference(tmp_path, zero):
-    saved = tmp_path / f"saved_z{zero}"
-    args = COMMON + [f"parallel.zero_stage={zero}", "train.steps=4"]
-    res = run_torchrun(2, args + [f"output_dir={saved}", "train.stop_at_step=2"], timeout=400)
+def _saved_and_reference(tmp_path, zero, tp=1):
+    saved = tmp_path / f"saved_z{zero}_tp{tp}"
+    layout = [f"parallel.zero_stage={zero}", f"parallel.tp={tp}"]
+    args = COMMON + layout + ["train.steps=4"]
+    n = 2 * tp   # DP=2
+    res = run_torchrun(n, args + [f"output_dir={saved}", "train.stop_at_step=2"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
-    ref = tmp_path / f"ref_z{zero}"
+    ref = tmp_path / f"ref_z{zero}_tp{tp}"
     shutil.copytree(saved, ref)
-    ref_state, _ = _state(tmp_path, ref, 2, f"ref_z{zero}", zero)   # DeepSpeed's own load
-    res = run_torchrun(2, args + [f"output_dir={ref}"], timeout=400)
+    ref_state, _ = _state(tmp_path, ref, n, ref.name, layout)   # DeepSpeed's own load
+    res = run_torchrun(n, args + [f"output_dir={ref}"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     return saved, _metrics(ref), ref_state
 
@@ -83,3 +86,9 @@ def test_zero3_dp2_resumes_on_dp4_and_zero2_on_dp1(tmp_path):
     _resume_and_compare(tmp_path, saved, 3, 4, reference, ref_state)
     saved, reference, ref_state = _saved_and_reference(tmp_path, 2)
     _resume_and_compare(tmp_path, saved, 2, 1, reference, ref_state)
+
+
+@pytest.mark.slow   # 4 processes (TP=2 x DP=2) on a 2-core machine: ~4 min
+def test_zero1_tp2_dp2_resumes_on_tp1_dp2(tmp_path):
+    saved, reference, ref_state = _saved_and_reference(tmp_path, 1, tp=2)
+    _resume_and_compare(tmp_path, saved, 1, 2, reference, ref_state, tp=1, saved_ranks=4)

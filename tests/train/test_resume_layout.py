@@ -22,9 +22,13 @@ def test_layout_rules():
     assert check_resume_layout(Path("ck"), {**base, "zero_stage": 1}, {**base, "zero_stage": 1, "dp": 4}) is True
     mg = {**base, "engine": "megatron", "zero_stage": 0}
     assert check_resume_layout(Path("ck"), mg, {**mg, "dp": 1}) is False
-    with pytest.raises(RuntimeError, match=r"ck: saved as deepspeed tp=2 pp=1 dp=2 zero_stage=3, this "
-                                           r"run is deepspeed tp=1 pp=1 dp=2 zero_stage=3.*hydra-export-hf ck"):
-        check_resume_layout(Path("ck"), {**base, "tp": 2}, base)
+    assert check_resume_layout(Path("ck"), {**base, "tp": 2}, base) is True   # TP under ZeRO too
+    with pytest.raises(RuntimeError, match=r"ck: saved as deepspeed tp=1 pp=1 dp=2 zero_stage=2, this "
+                                           r"run is deepspeed tp=1 pp=1 dp=2 zero_stage=3; resuming needs "
+                                           r"the same engine, PP and ZeRO stage.*hydra-export-hf ck"):
+        check_resume_layout(Path("ck"), {**base, "zero_stage": 2}, base)
+    with pytest.raises(RuntimeError, match="same engine, TP, PP and ZeRO stage"):   # ZeRO-0
+        check_resume_layout(Path("ck"), {**base, "zero_stage": 0, "tp": 2}, {**base, "zero_stage": 0})
     with pytest.raises(RuntimeError, match="same engine, TP, PP and ZeRO stage"):
         check_resume_layout(Path("ck"), mg, {**mg, "tp": 2})
 
