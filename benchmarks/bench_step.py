@@ -42,13 +42,13 @@ def main():
     from hydra_dist.config import load_config
     from hydra_dist.distributed.init import init_distributed
     from hydra_dist.models.hydra import HydraModel
-    from hydra_dist.parallel.deepspeed_engine import build_deepspeed, param_groups
+    from hydra_dist.parallel.deepspeed_engine import param_groups
     from hydra_dist.perf.mfu import mfu_metrics
-    from hydra_dist.train.step import deepspeed_step, loss_denominators
-    from megatron.core import parallel_state as ps
+    from hydra_dist.train.run_setup import build_deepspeed_engine
+    from hydra_dist.train.tasks.unified import UnifiedTask
     cfg = load_config(a.config, [f"parallel.zero_stage={a.zero}", f"parallel.micro_batch_size={a.mb}",
                                  "train.optim.warmup_steps=0", "train.peak_tflops=1", *a.overrides])
-    init_distributed(1, 1, 120, "gloo")
+    layout = init_distributed(1, 1, 120, "gloo")
     if a.persist >= 0:   # measure another stage3_param_persistence_threshold (benchmark only)
         import hydra_dist.parallel.deepspeed_engine as dse
         base = dse.ds_config
@@ -64,8 +64,7 @@ def main():
     o = cfg.train.optim
     opt = torch.optim.AdamW(param_groups(plain, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     torch.manual_seed(0)
-    engine = build_deepspeed(HydraModel(cfg.model), cfg)
-    dp_group = ps.get_data_parallel_group()
+    engine, task = build_deepspeed_engine(HydraModel(cfg.model), cfg, layout), UnifiedTask(cfg)
 
     def plain_step(i):
         b = batches[i % len(batches)]
@@ -79,9 +78,9 @@ def main():
     def ours_step(i):
         bs = [batches[i % len(batches)]]
         t0 = time.perf_counter()
-        ntp_den, fm_den, counts = loss_denominators(bs, dp_group, 1)
-        res = deepspeed_step(engine, bs, lambda b: b, i, ntp_den, fm_den, dp_group, a.mb)
-        m = {"loss": res["acc"][0].item(), "grad_norm": float(engine.get_global_grad_norm() or 0.0)}
+        shaped, spec = task.prepare_step(bs, i, layout)   # the loss-denominator exchange too
+        res = engine.train_step(shaped, spec)
+        m = {"loss": res.acc[0].item(), "grad_norm": engine.get_global_grad_norm()}
         m.update(mfu_metrics(cfg, bs, time.perf_counter() - t0, 1, engine.device))
         return m["loss"]
 

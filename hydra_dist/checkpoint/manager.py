@@ -28,11 +28,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from hydra_dist.export.manifest import MANIFEST, file_hash, verify, write_manifest
+
 from .reshard import load_resharded
 
 log = logging.getLogger("hydra_dist")
 
-MANIFEST = "manifest.json"
 EXTRA = "extra_state.pt"
 LAYOUT = "layout.json"
 FULL_BELOW = 64 * 2 ** 20   # free bytes under which a failed write is taken for a full disk
@@ -89,17 +90,6 @@ def set_rng_state(st: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def file_hash(path: Path) -> str:
-    """xxh3-64 of a file (hex): ~10 GB/s from the page cache, so hashing stays a small share of
-    a save (benchmarks/bench_checksum.py prints the share)."""
-    import xxhash
-    h = xxhash.xxh3_64()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
@@ -120,40 +110,6 @@ def hash_files(folder: Path) -> Dict[str, str]:
                    if p.is_file() and p.name != MANIFEST)
     mine = {rel: file_hash(folder / rel) for rel in files[rank::world]}
     return {k: v for part in _all_gather(mine) for k, v in part.items()}
-
-
-def _write_manifest(folder: Path, hashes: Dict[str, str]) -> None:
-    files = {str(p.relative_to(folder)): p.stat().st_size
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    # what rank 0 wrote after the shared hashing (small files) is hashed here
-    digests = {rel: hashes.get(rel) or file_hash(folder / rel) for rel in files}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": files, "xxh3_64": digests}, indent=1))
-    tmp.replace(folder / MANIFEST)
-
-
-def verify(folder: Path, share: tuple[int, int] = (0, 1)) -> Optional[str]:
-    """None if the checkpoint is complete and intact, else what is wrong. Sizes of every file,
-    and the xxh3-64 of the files in this rank's share (rank, world) of the sorted list
-    (checkpoints written before checksums have sizes only)."""
-    mf = folder / MANIFEST
-    if not mf.is_file():
-        return f"{folder}: no {MANIFEST} (incomplete save)"
-    manifest = json.loads(mf.read_text())
-    for rel, size in manifest["files"].items():
-        p = folder / rel
-        if not p.is_file():
-            return f"{folder}: missing {rel}"
-        if p.stat().st_size != size:
-            return f"{folder}: {rel} has {p.stat().st_size} bytes, manifest says {size}"
-    if "xxh3_64" in manifest:
-        rank, world = share
-        for rel in sorted(manifest["files"])[rank::world]:
-            got = file_hash(folder / rel)
-            if got != manifest["xxh3_64"][rel]:
-                return (f"{folder}: {rel} is corrupt (xxh3-64 {got}, manifest says "
-                        f"{manifest['xxh3_64'][rel]}; size unchanged)")
-    return None
 
 
 def _safe_torch_load(path: str, map_location=None):
@@ -237,7 +193,7 @@ class CheckpointManager:
 
     def _write(self, engine, step, tag, tmp, trainer_state, extra) -> None:
         engine.save_checkpoint(str(self.root), tag=tmp.name, save_latest=False)
-        from hydra_dist.train.faults import in_checkpoint_save
+        from hydra_dist.faults import in_checkpoint_save
         in_checkpoint_save(step, self.rank, tmp)  # HYDRA_FAULT: reliability tests only
         layout = engine_layout(engine)  # every rank: it asks megatron's parallel state
         (tmp / "rank_state").mkdir(parents=True, exist_ok=True)
@@ -249,7 +205,7 @@ class CheckpointManager:
                 torch.save(extra, tmp / EXTRA)
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
             (tmp / LAYOUT).write_text(json.dumps(layout))
-            _write_manifest(tmp, hashes)
+            write_manifest(tmp, hashes)
             final = self.root / tag
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

@@ -148,18 +148,12 @@ def main(argv=None) -> int:
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
     # torch's c10d prints a deprecation warning on every ZeRO collective; it hides the log.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    if cfg.task == "tokenizer":
-        from hydra_dist.train.tokenizer_trainer import train
-    else:
-        from hydra_dist.train.trainer import train
+    from hydra_dist.train.trainer import train
     result = train(cfg)
-    if rank == 0:
-        last = result["history"][-1] if result["history"] else {}
+    if rank == 0:   # the last step's loss terms of this task (unified: loss, ntp_loss, fm_loss)
         print(json.dumps({"final_step": result["step"], "run_dir": result["run_dir"],
                           "finished": result["finished"], "stopped_by": result["stopped_by"],
-                          "mlflow_run_id": result["mlflow_run_id"],
-                          "loss": last.get("loss"), "ntp_loss": last.get("ntp_loss"),
-                          "fm_loss": last.get("fm_loss")}))
+                          "mlflow_run_id": result["mlflow_run_id"], **result["losses"]}))
     return 0
 
 

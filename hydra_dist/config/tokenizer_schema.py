@@ -1,5 +1,5 @@
 """Config of HYDRA-TOK training (task: tokenizer): pixel decoder, losses, teacher, stages.
-Owned by hydra_dist/models/tokenizer and hydra_dist/train/tokenizer_trainer.
+Owned by hydra_dist/models/tokenizer and hydra_dist/train/tasks/tokenizer.py.
 
 The ViT and GSB shapes come from `model.vit` / `model.gsb` (shared with the unified model).
 Loss weights default to the paper's: L_tok = L_FM + 0.1 L_lpips + 0.075 L_gan + L_reg + 1.0 L_dist.

@@ -27,6 +27,11 @@ from torch.utils.data import DataLoader
 from .samples import ChatRenderer, MixtureDataset, SourceSpec, resolve_streams
 
 log = logging.getLogger("hydra_dist")
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated micro-batch on the training device (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 LOG_FIRST_BAD = 10
 
 

@@ -41,7 +41,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         p = p / (p / "latest").read_text().strip()
     if not p.is_dir():
         raise FileNotFoundError(f"{path}: not a checkpoint folder")
-    from hydra_dist.checkpoint import verify
+    from .manifest import verify
     problem = verify(p) if (p / "manifest.json").exists() or p.name.startswith("step") else None
     if problem:
         raise RuntimeError(f"refusing to export an incomplete or corrupt checkpoint: {problem}")

@@ -17,6 +17,7 @@ from hydra_dist.ops.attention import make_mask, resolve_attention
 from .gsb import GSB
 from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
+from .noise import per_sample_generator
 from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
 from .vit import PatchEmbed, PrependToken, ViTStack
 
@@ -109,7 +110,7 @@ class HydraModel(nn.Module):
         """(t [B], eps [B,N,C]) for rectified flow, one generator per sample."""
         ts, epss = [], []
         for sid in sample_ids_B.tolist():
-            gen = torch.Generator().manual_seed(hash((int(noise_seed), int(sid))) % (2 ** 62))
+            gen = per_sample_generator(noise_seed, sid)
             z = torch.randn(1, generator=gen)
             ts.append(torch.sigmoid(z) if self.cfg.time_sampling == "logit_normal"
                       else torch.rand(1, generator=gen))

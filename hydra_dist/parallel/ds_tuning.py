@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hydra_dist.config.shapes import largest_layer_elements, main_hidden_size
+
 MIN_BUCKET, MAX_BUCKET = int(5e6), int(5e8)
 
 
@@ -32,28 +34,13 @@ class ZeroTuning:
     persistence: int
 
 
-def layer_elements(cfg) -> int:
-    """Parameters of the largest transformer layer on one TP rank."""
-    m, tp = cfg.model, max(cfg.parallel.tp, 1)
-    v = m.vit
-    vit = 4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.mlp_size
-    if getattr(cfg, "task", "unified") == "tokenizer":
-        d = cfg.tokenizer.decoder
-        return max(vit, 4 * d.hidden_size ** 2 + 2 * d.hidden_size * d.mlp_size) // tp
-    c = m.llm
-    kv = c.num_kv_heads * (c.hidden_size // c.num_heads)
-    llm = 2 * c.hidden_size ** 2 + 2 * c.hidden_size * kv + 3 * c.hidden_size * c.ffn_size
-    return max(vit, llm) // tp
-
-
 def zero_tuning(cfg, cuda: bool) -> ZeroTuning:
     t = cfg.parallel.deepspeed
     overlap = cuda if t.overlap_comm == "auto" else t.overlap_comm == "always"
-    layer = min(max(layer_elements(cfg), MIN_BUCKET), MAX_BUCKET)
+    layer = min(max(largest_layer_elements(cfg), MIN_BUCKET), MAX_BUCKET)
     bucket = t.bucket_elements or layer
     prefetch = t.prefetch_elements or layer
-    hidden = cfg.model.vit.hidden_size if getattr(cfg, "task", "unified") == "tokenizer" \
-        else cfg.model.llm.hidden_size
+    hidden = main_hidden_size(cfg)
     persist = t.persistence_threshold if t.persistence_threshold >= 0 else (10 * hidden if cuda else 0)
     return ZeroTuning(overlap, int(bucket), int(prefetch), int(persist))
 

@@ -1,7 +1,9 @@
 """megatron-core engine: DP x TP x PP with megatron's pipeline schedules.
 
-Each rank builds only its pipeline chunks (models/pipeline_stage.py): one chunk for 1F1B,
-`parallel.virtual_pp` chunks for the interleaved schedule. A step runs
+Each rank holds only its pipeline chunks, built by the task (train/tasks/: models/pipeline_stage.py
+for the unified model, models/tokenizer/pipeline_stage.py for HYDRA-TOK): one chunk for 1F1B,
+`parallel.virtual_pp` chunks for the interleaved schedule. The engine knows no task: a chunk's
+forward takes (batch, **spec.stage_kwargs) and the last one returns the loss terms. A step runs
 `get_forward_backward_func()` (no-pipelining / 1F1B / interleaved) over the step's micro-batches,
 then all-reduces gradients over the DP group, clips by the global norm over every stage and
 TP shard, and steps a torch AdamW per stage.
@@ -16,7 +18,7 @@ reduce, so they cannot run on CPU/gloo where this is tested; the engine keeps it
 AdamW on fp32 masters, one flat DP all-reduce after the schedule, global-norm clipping) on CPU
 and, until a GPU check proves megatron's, on GPU too (logged at start-up).
 
-Loss normalisation: the trainer's ntp_den / fm_den are global counts / (dp * grad_accum);
+Loss normalisation (unified task): ntp_den / fm_den are global counts / (dp * grad_accum);
 megatron divides each micro-batch loss by num_microbatches and we average gradients over DP,
 so the step's gradient is that of the exact global per-token / per-image mean (as DeepSpeed's).
 """
@@ -32,10 +34,10 @@ from megatron.core import parallel_state as ps
 
 from hydra_dist.config.schema import RunConfig
 from hydra_dist.distributed.init import to_comm
-from hydra_dist.models.hydra import HydraModel, init_base_seed
-from hydra_dist.models.layers import mp_config
-from hydra_dist.models.pipeline_stage import HydraStage, pad_rows, payload_rows
-from hydra_dist.parallel.deepspeed_engine import lr_lambda, param_groups
+from hydra_dist.distributed.phase import Phase
+
+from .deepspeed_engine import lr_lambda, param_groups
+from .engine import StepResult, StepSpec
 
 log = logging.getLogger("hydra_dist")
 
@@ -44,13 +46,16 @@ def compute_dtype(cfg: RunConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.parallel.precision == "bf16" else torch.float32
 
 
-def schedule_config(cfg: RunConfig):
-    # A TransformerConfig only because the schedules read some of its fields; our layers are
-    # built from models/layers.py's config, not from this one.
+def engine_device(layout) -> torch.device:
+    return torch.device("cuda", layout.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def schedule_config(cfg: RunConfig, shape):
+    """shape: the stack whose tokens travel between stages (num_layers, hidden_size, num_heads;
+    p2p buffers are (seq, micro_batch, hidden_size)). A TransformerConfig only because the
+    schedules read some of its fields; our layers are built from models/layers.py's config."""
     from megatron.core.transformer.transformer_config import TransformerConfig
-    p, llm = cfg.parallel, cfg.model.llm
-    # p2p buffers are (seq, micro_batch, hidden_size): HYDRA-TOK's stages send decoder tokens
-    shape = (cfg.tokenizer.decoder if cfg.task == "tokenizer" else llm)
+    p = cfg.parallel
     return TransformerConfig(
         num_layers=shape.num_layers, hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads,
         tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp,
@@ -142,37 +147,23 @@ class MegatronEngine:
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.grad_norm = 0.0
-        # the loss terms a stage's forward returns (HydraStage: loss, ntp, fm; TokStage more)
-        self.metric_keys = getattr(chunks[0], "metric_keys", ("loss", "ntp", "fm"))
 
     @property
     def module(self):
         return self.model.chunks[0] if len(self.model.chunks) == 1 else self.model
 
+    @property
+    def state_engine(self):
+        """What CheckpointManager saves and loads: this engine itself (save/load_checkpoint)."""
+        return self
+
     # --- one step -----------------------------------------------------------------------
-    def train_step(self, batches, noise_seed: int, ntp_den: float, fm_den: float,
-                   nan_from_micro=None) -> dict:
-        """Forward/backward over the micro-batches and the optimizer step. Returns, valid on
-        every rank: acc (loss terms summed over micro-batches and DP ranks, as train/step.py's
-        deepspeed_step), the step's mean of each metric key (loss / ntp / fm for the unified
-        model), grad_norm (before clipping), skipped."""
+    def train_step(self, batches, spec: StepSpec) -> StepResult:
+        """Forward/backward over the micro-batches (shaped by the task: every one spec.seq_length
+        rows of micro_batch_size) and the optimizer step; the result is valid on every rank."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
         p = self.cfg.parallel
-        rows = p.micro_batch_size
-        keys = self.metric_keys
-        if self.cfg.task == "tokenizer":  # images only: fixed shapes already
-            from hydra_dist.models.tokenizer.pipeline_stage import seq_length
-            seq = seq_length(self.cfg)
-            if any(b["images"].shape[0] != rows for b in batches):
-                raise ValueError(f"every micro-batch must hold parallel.micro_batch_size={rows} "
-                                 "images (pipeline p2p shapes are fixed)")
-        else:
-            batches = [pad_rows(b, rows) for b in batches]
-            S = batches[0]["input_ids"].shape[1]
-            if any(b["input_ids"].shape[1] != S for b in batches):
-                raise ValueError("micro-batches of one step differ in length: the pipeline needs "
-                                 "fixed shapes (data.pack_tokens=0)")
-            seq = S + payload_rows(self.cfg.model)
+        keys, nan_from_micro = spec.keys, spec.nan_from_micro
         for prm in self.params:
             prm.grad = None
         if self.master is not None:
@@ -187,19 +178,21 @@ class MegatronEngine:
             return loss, {"loss": loss.detach().clone(), **{k: out[k] for k in keys[1:]}}
 
         def forward_step(data_iterator, model):
-            return model(next(data_iterator), noise_seed, ntp_den, fm_den), loss_func
+            return model(next(data_iterator), **spec.stage_kwargs), loss_func
 
+        Phase.set("pipeline schedule (forward/backward of the micro-batches)")
         fb = get_forward_backward_func(pp_size=p.pp, vp_size=p.virtual_pp if p.virtual_pp > 1 else None)
         chunks = list(self.model.chunks)
         stored = fb(forward_step_func=forward_step,
                     data_iterator=[iter(batches) for _ in chunks] if len(chunks) > 1 else iter(batches),
                     model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=len(batches),
-                    seq_length=seq, micro_batch_size=rows,
+                    seq_length=spec.seq_length, micro_batch_size=p.micro_batch_size,
                     forward_only=False)
         acc = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
         for d in stored or []:
             acc += torch.stack([d[k].reshape(()).double() for k in keys])
         acc = to_comm(acc)
+        Phase.set("all_reduce of logged losses")
         if p.pp > 1:  # the last stage holds the losses: give them to every stage
             dist.all_reduce(acc, group=ps.get_pipeline_model_parallel_group())
         dist.all_reduce(acc, group=ps.get_data_parallel_group())
@@ -209,7 +202,8 @@ class MegatronEngine:
                 prm.grad = None
             if self.master is not None:
                 self.master.zero_grads()
-            return {"acc": torch.full((len(keys),), float("nan"), dtype=torch.float64), "skipped": True}
+            return StepResult(torch.full((len(keys),), float("nan"), dtype=torch.float64), True)
+        Phase.set("DP all-reduce of gradients and optimizer step")
         grads = self._grads()
         self._reduce_grads(grads)
         self.grad_norm = self._clip(grads, self.cfg.train.optim.grad_clip)
@@ -219,8 +213,7 @@ class MegatronEngine:
         if self.master is not None:
             self.master.copy_to_model()
         self.scheduler.step()
-        mean = (acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()
-        return {"acc": acc, "skipped": False, "grad_norm": self.grad_norm, **dict(zip(keys, mean))}
+        return StepResult(acc, False)
 
     def _grads(self) -> list:
         """The step's gradient of each trainable parameter: its fp32 main_grad under bf16, else
@@ -317,42 +310,10 @@ class MegatronEngine:
         return str(folder), {}
 
 
-def load_pretrained(chunks, m) -> None:
-    """model.init_from (Qwen weights) and model.tokenizer_from (vision tower) into this rank's
-    chunks: each takes the tensors it holds, TP-sliced; the source is checked against the whole
-    model's names (built on the meta device), so a wrong source fails on every rank alike."""
-    if not (m.init_from or m.tokenizer_from):
-        return
-    from hydra_dist.checkpoint.init_tokenizer import load_tokenizer_parts
-    from hydra_dist.checkpoint.init_weights import load_initial_weights
-    rng = torch.get_rng_state()  # the meta build draws its init seed: leave the stream as it was
-    with torch.device("meta"):
-        names = [n for n, _ in HydraModel(m).named_parameters()]
-    torch.set_rng_state(rng)
-    for c in chunks:
-        if m.init_from:
-            load_initial_weights(c, m, names)
-        if m.tokenizer_from and c.first:  # the vision tower lives on the first chunk only
-            load_tokenizer_parts(c, m.tokenizer_from)
-
-
-def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
-    """This rank's chunks, seeded exactly like HydraModel after torch.manual_seed(train.seed)."""
-    p, m = cfg.parallel, cfg.model
-    device = torch.device("cuda", layout.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if cfg.task == "tokenizer":  # HYDRA-TOK: its own stages (seeded by the trainer's build_parts)
-        from hydra_dist.models.tokenizer.pipeline_stage import build_tok_stages
-        chunks = build_tok_stages(cfg, layout, schedule_config(cfg))
-        chunks[0].move_teacher(device)
-    else:
-        torch.manual_seed(cfg.train.seed)
-        init_base = init_base_seed()
-        sched = schedule_config(cfg)
-        mp = mp_config()
-        n = p.pp * p.virtual_pp
-        chunks = [HydraStage(m, mp, v * p.pp + layout.pp_rank, n, init_base, sched, vp_stage=v)
-                  for v in range(p.virtual_pp)]
-        load_pretrained(chunks, m)
+def build_megatron(cfg: RunConfig, layout, chunks, device) -> MegatronEngine:
+    """The engine over this rank's chunks (built by the task, on CPU, seeded as the single-process
+    model): moved to the device and compute dtype."""
+    p = cfg.parallel
     for c in chunks:
         c.checkpointing = p.activation_checkpointing
         c.to(device=device, dtype=compute_dtype(cfg))
@@ -364,12 +325,3 @@ def build_megatron(cfg: RunConfig, layout) -> MegatronEngine:
              [c.chunk for c in chunks], n_all / 1e6,
              "no-pipelining" if p.pp == 1 else ("interleaved" if p.virtual_pp > 1 else "1F1B"))
     return engine
-
-
-def megatron_step(engine: MegatronEngine, batches, to_device, noise_seed: int, ntp_den: float,
-                  fm_den: float, dp_group=None, samples_per_micro: int = 0,
-                  inject_nan: bool = False) -> dict:
-    """train/step.py's deepspeed_step for this engine (same arguments, same result)."""
-    from hydra_dist.train.faults import nan_micro
-    return engine.train_step([to_device(b) for b in batches], noise_seed, ntp_den, fm_den,
-                             nan_micro() if inject_nan else None)

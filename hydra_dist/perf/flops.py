@@ -208,7 +208,7 @@ def discriminator_fwd(gan, n_img: int, size: int) -> tuple[float, float]:
 
 
 def tokenizer_flops(cfg, batch_size: int, gan_on: bool = True) -> FlopsReport:
-    """HYDRA-TOK step (tokenizer_trainer): student forward/backward, frozen teacher forward,
+    """HYDRA-TOK step (train/tasks/tokenizer.py): student forward/backward, frozen teacher forward,
     LPIPS and discriminator by the configured loss weights."""
     v, g, t = cfg.model.vit, cfg.model.gsb, cfg.tokenizer
     w, B = t.weights, batch_size

@@ -128,5 +128,12 @@ def build_model(cfg: RunConfig, layout: Layout):
     return model
 
 
-__all__ = ["build_loader", "build_model", "make_tracker", "prepare_data", "resolve_batch", "run_tags",
+def build_deepspeed_engine(model, cfg: RunConfig, layout: Layout):
+    """The ZeRO engine (parallel/zero_engine.py) over DeepSpeed's, for the training loop."""
+    from hydra_dist.parallel.deepspeed_engine import build_deepspeed
+    from hydra_dist.parallel.zero_engine import ZeroEngine
+    return ZeroEngine(build_deepspeed(model, cfg), cfg.parallel.micro_batch_size * layout.dp)
+
+
+__all__ = ["build_deepspeed_engine", "build_loader", "build_model", "make_tracker", "prepare_data", "resolve_batch", "run_tags",
            "to_dict", "write_resolved"]

@@ -30,9 +30,11 @@ def run(tmp_path, name, args):
 def test_unified_deepspeed_zero3(tmp_path):
     sites = run(tmp_path, "ds", ["configs/tiny_cpu.yaml", "data.synthetic.num_samples=64"])
     modules = {s.split(":")[0] for s in sites}
-    # loss denominators + non-finite flag + logged losses, and the preemption flag
-    assert {"hydra_dist.train.step", "hydra_dist.train.preemption"} <= modules, sites
-    assert sum(s.startswith("hydra_dist.train.step:") for s in sites) == 3, sites
+    # loss denominators (the task), non-finite flag + logged losses (the engine), the preemption flag
+    assert {"hydra_dist.train.tasks.unified", "hydra_dist.parallel.zero_engine",
+            "hydra_dist.train.preemption"} <= modules, sites
+    assert sum(s.startswith("hydra_dist.train.tasks.unified:") for s in sites) == 1, sites
+    assert sum(s.startswith("hydra_dist.parallel.zero_engine:") for s in sites) == 2, sites
 
 
 def test_unified_megatron_pp2(tmp_path):
@@ -47,8 +49,9 @@ def test_tokenizer_with_gan(tmp_path):
     sites = run(tmp_path, "tok", ["configs/tokenizer/tiny_stage1.yaml", "data.synthetic.num_samples=64",
                                   "tokenizer.weights.gan=0.05", "tokenizer.gan.start_step=0"])
     modules = {s.split(":")[0] for s in sites}
-    # the discriminator's gradients and the logged metrics
-    assert sum(s.startswith("hydra_dist.train.tokenizer_trainer:") for s in sites) == 2, sites
+    # the discriminator's gradients (the task); the non-finite flag and logged metrics (the engine)
+    assert sum(s.startswith("hydra_dist.train.tasks.tokenizer:") for s in sites) == 1, sites
+    assert sum(s.startswith("hydra_dist.parallel.zero_engine:") for s in sites) == 2, sites
 
 
 def test_checker_catches_a_cpu_tensor_on_the_wrong_group(single_process_mp, monkeypatch):

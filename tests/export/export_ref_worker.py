@@ -79,8 +79,8 @@ def megatron_forward(cfg, layout, batch, got):
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from hydra_dist.models.pipeline_stage import payload_rows
-    from hydra_dist.parallel.megatron_engine import build_megatron
-    engine = build_megatron(cfg, layout)
+    from hydra_dist.train.tasks import make_task
+    engine = make_task(cfg).build_engine(layout)
     load(cfg, layout, engine)
     chunks = list(engine.model.chunks)
     last = [c for c in chunks if c.last]  # the final chunk: on the last pipeline rank only

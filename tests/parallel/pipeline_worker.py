@@ -68,8 +68,9 @@ def reference(cfg, batches, dens, steps):
 def engine_run(cfg, layout, batches, dens, steps):
     from megatron.core import parallel_state as ps
 
-    from hydra_dist.parallel.megatron_engine import build_megatron
-    engine = build_megatron(cfg, layout)
+    from hydra_dist.train.tasks import make_task
+    task = make_task(cfg)
+    engine = task.build_engine(layout)
     tp_group = ps.get_tensor_model_parallel_group()
     grads, traj, first = {}, [], {}
     clip = engine._clip
@@ -82,11 +83,13 @@ def engine_run(cfg, layout, batches, dens, steps):
         return clip(gs, max_norm)
     engine._clip = capture
     for step in range(steps):
-        r = engine.train_step(batches, 100 + step, dens[0], dens[1])
+        shaped, spec = task.prepare_step(batches, step, layout)   # padded rows, p2p length
+        spec.stage_kwargs = {"noise_seed": 100 + step, "ntp_den": dens[0], "fm_den": dens[1]}
+        r = engine.train_step(shaped, spec)
         if step == 0:
-            first = {k: v / len(batches) for k, v in zip(("loss", "ntp", "fm"), r["acc"].tolist())}
-            first["grad_norm"] = r["grad_norm"]
-        traj.append(r["acc"][0].item() / len(batches))
+            first = {k: v / len(batches) for k, v in zip(("loss", "ntp", "fm"), r.acc.tolist())}
+            first["grad_norm"] = engine.get_global_grad_norm()
+        traj.append(r.acc[0].item() / len(batches))
     return gather_stages(engine, grads if layout.tp_rank == 0 else {},
                          (layout.pp_rank, layout.tp_rank), traj, first)
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from hydra_dist.config import load_config
 from hydra_dist.parallel.deepspeed_engine import ds_config
-from hydra_dist.parallel.ds_tuning import MAX_BUCKET, MIN_BUCKET, layer_elements
+from hydra_dist.config.shapes import largest_layer_elements as layer_elements
+from hydra_dist.parallel.ds_tuning import MAX_BUCKET, MIN_BUCKET
 
 
 def test_gpu_rule_scales_with_model_and_tp():

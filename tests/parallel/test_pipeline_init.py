@@ -19,7 +19,7 @@ def _stages(cfg, n=2):
 def test_chunks_take_their_share_of_init_and_tokenizer_weights(tmp_path, megatron_tp1):
     from safetensors.torch import save_file
     from hydra_dist.models.hydra import HydraModel
-    from hydra_dist.parallel.megatron_engine import load_pretrained
+    from hydra_dist.train.tasks.unified import load_pretrained
     base = load_config("configs/tiny_cpu.yaml", ["model.llm.num_layers=4"])
     torch.manual_seed(123)  # a source unlike the stages' own initialisation
     src = {n: p.detach().clone() for n, p in HydraModel(base.model).named_parameters()}

@@ -32,7 +32,7 @@ def micro_batches(cfg):
 def reference(cfg, batches, steps):
     from hydra_dist.models.tokenizer.losses import TokenizerObjective
     from hydra_dist.parallel.deepspeed_engine import lr_lambda, param_groups
-    from hydra_dist.train.tokenizer_trainer import build_parts
+    from hydra_dist.train.tasks.tokenizer import build_parts
     model, teacher, lpips, _ = build_parts(cfg)
     objective = TokenizerObjective(cfg, teacher, lpips)
     o = cfg.train.optim
@@ -61,8 +61,11 @@ def reference(cfg, batches, steps):
 
 
 def engine_run(cfg, layout, batches, steps):
-    from hydra_dist.parallel.megatron_engine import build_megatron
-    engine = build_megatron(cfg, layout)
+    from megatron.core import parallel_state as ps
+
+    from hydra_dist.train.tasks import make_task
+    task = make_task(cfg)
+    engine = task.build_engine(layout)
     grads, traj, first = {}, [], {}
     clip = engine._clip
 
@@ -74,11 +77,14 @@ def engine_run(cfg, layout, batches, steps):
         return clip(gs, max_norm)
     engine._clip = capture
     for step in range(steps):
-        r = engine.train_step(batches, 100 + step, 0.0, 0.0)
+        shaped, spec = task.prepare_step(batches, step, layout)
+        spec.stage_kwargs = {"noise_seed": 100 + step}
+        r = engine.train_step(shaped, spec)
+        mean = dict(zip(spec.keys, (r.acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()))
         if step == 0:
-            first = {k: r[k] for k in KEYS}
-            first["grad_norm"] = r["grad_norm"]
-        traj.append(r["loss"])
+            first = {k: mean[k] for k in KEYS}
+            first["grad_norm"] = engine.get_global_grad_norm()
+        traj.append(mean["loss"])
     return gather_stages(engine, grads, layout.pp_rank, traj, first)
 
 

@@ -25,7 +25,7 @@ def main():
     from hydra_dist.distributed.init import init_distributed, shutdown
     from hydra_dist.models.tokenizer.losses import TokenizerObjective
     from hydra_dist.parallel.deepspeed_engine import build_deepspeed
-    from hydra_dist.train.tokenizer_trainer import build_parts
+    from hydra_dist.train.tasks.tokenizer import build_parts
     from megatron.core import parallel_state as ps
     world = int(__import__("os").environ["WORLD_SIZE"])
     cfg = load_config("configs/tokenizer/tiny_stage1.yaml",

@@ -37,7 +37,7 @@ def test_tokenizer_step_matches_flop_counter(single_process_mp, stage):
     B = 3
     batch = {"images": images(B), "sample_ids": torch.arange(B)}
 
-    def step():   # what tokenizer_trainer does per micro-batch
+    def step():   # what the tokenizer task does per micro-batch
         out = model(batch, noise_seed=1, semantic=stage == 1)
         loss, _ = obj.generator(out, batch["images"], disc)
         loss.backward()

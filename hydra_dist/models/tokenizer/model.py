@@ -18,15 +18,11 @@ from hydra_dist.config.schema import RunConfig, ViTConfig
 from ..gsb import GSB
 from ..hydra import build_sem_cls
 from ..layers import mp_config
+from ..noise import per_sample_generator
 from ..vit import PatchEmbed, ViTStack
 from .decoder import PixelFlowDecoder
 
 ENCODER_PARTS = ("patch", "gen_vit", "gsb", "sem_vit", "sem_cls")
-
-
-def per_sample_generator(noise_seed: int, sample_id: int) -> torch.Generator:
-    # Noise keyed by (step seed, sample id): the same whatever the DP split or micro-batching.
-    return torch.Generator().manual_seed(hash((int(noise_seed), int(sample_id))) % (2 ** 62))
 
 
 class HydraTok(nn.Module):

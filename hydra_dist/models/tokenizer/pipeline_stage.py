@@ -17,7 +17,8 @@ What travels between stages (megatron's (seq, micro_batch, hidden) shape, hidden
 The FM target eps - x needs no payload: every stage gets the micro-batch (the images) and draws
 eps from (noise_seed + 1, sample_id), as HydraTok.forward does.
 
-Weights: every stage runs train/tokenizer_trainer.build_parts (HydraTok and the teacher under
+Weights: every stage is cut from the whole HydraTok the tokenizer task builds (train/tasks/
+tokenizer.py build_parts: HydraTok and the teacher under
 torch.manual_seed(train.seed), the single-process code path) and keeps only its pieces, so each
 stage starts from exactly the single-process weights and parameter names (`decoder.blocks.3.*`).
 The price is a transient full construction per rank (446M parameters at paper shape, ~1.8 GB
@@ -29,16 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..pipeline_stage import chunk_layers
 from .decoder import modulate, patchify, unpatchify
 from .losses import distill_loss
 from .model import HydraTok
 
 LOG_KEYS = ("reg", "dist", "kl", "cos")
-
-
-def decoder_blocks(num_layers: int, stage: int, pp: int) -> range:
-    per = num_layers // pp
-    return range(stage * per, (stage + 1) * per)
 
 
 def seq_length(cfg) -> int:
@@ -88,7 +85,7 @@ class TokStage(nn.Module):
         if self.first:
             self.decoder.inp, self.decoder.cond, self.decoder.time = dec.inp, dec.cond, dec.time
             self.decoder.pos = dec.pos
-        self.block_ids = decoder_blocks(len(dec.blocks), stage, pp)
+        self.block_ids = chunk_layers(len(dec.blocks), stage, pp)
         self.decoder.blocks = nn.ModuleDict({str(i): dec.blocks[i] for i in self.block_ids})
         if self.last:
             self.decoder.final_norm, self.decoder.final_mod = dec.final_norm, dec.final_mod
@@ -113,7 +110,7 @@ class TokStage(nn.Module):
             self.teacher.to(device)
 
     # --- one micro-batch ---------------------------------------------------------------------
-    def forward(self, batch: dict, noise_seed: int = 0, *_unused):
+    def forward(self, batch: dict, noise_seed: int = 0):
         """Not the last stage: the [N + 2, B, D] tensor for the next one. The last: the loss
         and its parts (HydraTok.forward + TokenizerObjective.generator for stage 1)."""
         images = batch["images"]
@@ -166,10 +163,9 @@ class TokStage(nn.Module):
         return h, c, payload
 
 
-def build_tok_stages(cfg, layout, schedule_config):
-    """This rank's stage, with the single-process weights (see the module docstring)."""
-    from hydra_dist.train.tokenizer_trainer import build_parts
-    model, teacher, _, _ = build_parts(cfg)
+def build_tok_stages(cfg, layout, schedule_config, model: HydraTok, teacher):
+    """This rank's stage cut out of the whole tokenizer (and teacher) the task built with the
+    single-process weights (see the module docstring)."""
     return [TokStage(cfg, model, teacher, layout.pp_rank, cfg.parallel.pp, schedule_config)]
 
 
