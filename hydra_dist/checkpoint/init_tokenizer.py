@@ -18,9 +18,9 @@ VISION_PREFIXES = ("patch.", "gen_vit.", "gsb.", "sem_vit.", "sem_cls.")
 
 @torch.no_grad()
 def load_tokenizer_parts(model: torch.nn.Module, path: str) -> list:
-    from hydra_dist.export.partition import split_tp
+    from hydra_dist.models.partition import split_tp
 
-    from .init_weights import _tp
+    from .init_weights import tp_coordinates
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.pt"
@@ -28,7 +28,7 @@ def load_tokenizer_parts(model: torch.nn.Module, path: str) -> list:
         raise FileNotFoundError(f"model.tokenizer_from: {path} has no tokenizer.pt")
     state = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
     params = dict(model.named_parameters())
-    tp, rank = _tp()
+    tp, rank = tp_coordinates()
     loaded = []
     for name, full in state.items():
         if not name.startswith(VISION_PREFIXES):

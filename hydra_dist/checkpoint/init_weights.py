@@ -44,7 +44,8 @@ def _source_tensors(src: str) -> Dict[str, Callable[[], torch.Tensor]]:
     return out
 
 
-def _tp():
+def tp_coordinates() -> tuple[int, int]:
+    """(TP size, TP rank), (1, 0) before megatron's parallel state exists."""
     try:
         from megatron.core import parallel_state as ps
         if ps.model_parallel_is_initialized():
@@ -60,7 +61,7 @@ def load_initial_weights(model: torch.nn.Module, cfg, model_names=None) -> Optio
     model_names: every parameter name of the whole model when `model` is one pipeline chunk
     (megatron engine): the source is checked against the whole model, and the chunk takes the
     tensors it holds. Returns None when init_from is empty, else {"loaded", "kept_init"}."""
-    from hydra_dist.export.partition import split_tp
+    from hydra_dist.models.partition import split_tp
     from hydra_dist.export.qwen_map import VOCAB_TENSORS
     mcfg = getattr(cfg, "model", cfg)
     src = getattr(mcfg, "init_from", "")
@@ -82,7 +83,7 @@ def load_initial_weights(model: torch.nn.Module, cfg, model_names=None) -> Optio
         tensors["llm.lm_head.weight"] = tensors["llm.embed.weight"]  # tied source, untied model
         log.info("model.init_from: lm_head initialised from the (tied) input embedding")
     tensors = {k: v for k, v in tensors.items() if k in params}  # this chunk's share
-    tp, rank = _tp()
+    tp, rank = tp_coordinates()
     loaded = []
     for name, load in tensors.items():
         p = params[name]

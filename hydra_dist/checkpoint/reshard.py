@@ -81,7 +81,7 @@ def load_resharded(engine, folder: Path, zero_stage: int, tp: int, tp_rank: int)
     TP change merges the saved TP slices of a tensor and cuts this rank's slice
     (export/partition.py, the rule export and import use); Adam's moments follow their
     parameter's layout, element for element, so they are cut the same way."""
-    from hydra_dist.export.partition import split_tp
+    from hydra_dist.models.partition import split_tp
     from deepspeed.utils import (safe_set_full_fp32_param, safe_set_full_optimizer_state,
                                  safe_set_local_fp32_param, safe_set_local_optimizer_state)
 

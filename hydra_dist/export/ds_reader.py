@@ -21,7 +21,7 @@ How (the format is DeepSpeed's, see deepspeed/utils/zero_to_fp32.py; the reader 
   when recorded). Frozen parameters are whole in the (single) model_states file.
 - ZeRO-0: model_states' `module` holds the full parameters.
 - TP > 1: each TP rank (mp_rank_XX) is consolidated as above and the slices are concatenated
-  along the partition dim of hydra_dist.export.partition; replicated tensors come from rank 0.
+  along the partition dim of hydra_dist.models.partition; replicated tensors come from rank 0.
   Tested on real ZeRO-3 TP=1 and TP=2 runs (tests/export/test_export_parity.py,
   test_export_layouts.py).
 """
@@ -35,7 +35,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .partition import merge_tp
+from hydra_dist.models.partition import merge_tp
 
 _OPTIM_RE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 _MODEL_Z3_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
@@ -301,7 +301,7 @@ class ZeroCheckpoint:
         return list(self._locs[0])
 
     def shape(self, name: str) -> Tuple[int, ...]:
-        from .partition import partition_dim
+        from hydra_dist.models.partition import partition_dim
         s = list(self._locs[0][name].shape)
         d = partition_dim(name)
         if self.tp > 1 and d is not None:

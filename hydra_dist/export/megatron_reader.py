@@ -4,7 +4,7 @@ tensors one at a time, with no GPU, no process group and no model built.
 The layout: one `model_ppXX_tpYY.safetensors` per (pipeline rank, TP rank), written by DP
 rank 0 (DP replicas are identical), with {"tp", "pp", "virtual_pp"} in its metadata. Pipeline
 rank p holds the model chunks p, p + pp, ... (virtual_pp of them; chunk c's LLM layers are
-pipeline_stage.chunk_layers(L, c, pp * virtual_pp)); chunk 0 also holds the vision tower and
+partition.chunk_layers(L, c, pp * virtual_pp)); chunk 0 also holds the vision tower and
 the embedding, the last chunk the final norm, the LM head and the flow head.
 
 Names: the stages name their layers with global indices today (`llm.layers.5.*`, exactly
@@ -13,7 +13,7 @@ only: with several chunks per file such names would collide) is mapped back to g
 with chunk_layers. Anything else is refused with the file and the layers expected.
 
 TP: every TP rank's file holds the same names; partitioned tensors are concatenated along
-hydra_dist.export.partition's dim, replicated ones come from TP rank 0.
+hydra_dist.models.partition's dim, replicated ones come from TP rank 0.
 
 Memory: safetensors' safe_open maps a file and reads only the tensor asked for; the handle is
 closed after each read. load() fills one preallocated full tensor shard by shard, so the peak is
@@ -30,8 +30,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from safetensors import safe_open
 
-from .partition import partition_dim
-from .st_io import _FROM_ST
+from hydra_dist.models.partition import chunk_layers, partition_dim
+
+from .st_io import FROM_ST
 
 MODEL_RE = re.compile(r"^model_pp(\d+)_tp(\d+)\.safetensors$")
 _LAYER_RE = re.compile(r"^llm\.layers\.(\d+)\.(.+)$")
@@ -39,12 +40,6 @@ _LAYER_RE = re.compile(r"^llm\.layers\.(\d+)\.(.+)$")
 
 def is_megatron_checkpoint(folder: Path) -> bool:
     return any(MODEL_RE.match(p.name) for p in Path(folder).iterdir())
-
-
-def _chunk_layers(num_layers: int, chunk: int, num_chunks: int) -> range:
-    # The stage builder's own split (lazy: importing the models pulls in megatron-core).
-    from hydra_dist.models.pipeline_stage import chunk_layers
-    return chunk_layers(num_layers, chunk, num_chunks)
 
 
 class MegatronCheckpoint:
@@ -100,7 +95,7 @@ class MegatronCheckpoint:
             out = {}
             for n in h.keys():
                 sl = h.get_slice(n)
-                out[n] = (tuple(sl.get_shape()), _FROM_ST[sl.get_dtype()])
+                out[n] = (tuple(sl.get_shape()), FROM_ST[sl.get_dtype()])
             return out
 
     def _recorded_layout(self) -> Tuple[int, int, int]:
@@ -126,7 +121,7 @@ class MegatronCheckpoint:
         """name -> global name for pipeline rank p's files."""
         chunks = self.pp * self.virtual_pp
         want = sorted(i for v in range(self.virtual_pp)
-                      for i in _chunk_layers(self.num_layers, v * self.pp + p, chunks))
+                      for i in chunk_layers(self.num_layers, v * self.pp + p, chunks))
         path = self.files[(p, 0)]
         if found == want:
             return lambda n: n                      # global indices (what the engine writes)

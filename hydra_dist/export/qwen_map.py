@@ -24,7 +24,7 @@ pads the extra rows (the caller chooses the fill: see pad_vocab); export slices 
 vocabulary size asked for. Rows of a padded vocabulary are never the target of a label.
 
 All functions work on one tensor at a time, so callers can stream; they work on full (TP-merged)
-tensors. TP-sharded tensors are merged / split with hydra_dist.export.partition by the dims above.
+tensors. TP-sharded tensors are merged / split with hydra_dist.models.partition by the dims above.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .partition import partition_dim
+from hydra_dist.models.partition import partition_dim
 
 # ours (without the "llm." prefix) -> HF, per layer
 _LAYER = {

@@ -46,7 +46,7 @@ def read_metadata(src: str | Path) -> Dict[str, str]:
         return dict(h.metadata() or {})
 
 
-_FROM_ST = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+FROM_ST = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
             "BOOL": torch.bool}
 
@@ -57,7 +57,7 @@ def tensor_spec(src: str | Path, name: str):
         with safe_open(str(f), framework="pt", device="cpu") as h:
             if name in h.keys():
                 sl = h.get_slice(name)
-                return tuple(sl.get_shape()), _FROM_ST[sl.get_dtype()]
+                return tuple(sl.get_shape()), FROM_ST[sl.get_dtype()]
     raise KeyError(name)
 
 

@@ -30,13 +30,9 @@ from hydra_dist.ops.attention import make_mask, resolve_attention
 from .heads import merge_patches
 from .hydra import HydraModel, build_flow_head, build_sem_cls, build_vision
 from .layers import RMSNorm, rope_cos_sin
+from .partition import chunk_layers
 from .llm import (SEED_FLOW_HEAD, SEED_VISION, make_embed, make_layer, make_lm_head, ntp_loss,
                   seed_piece, tied_logits)
-
-
-def chunk_layers(num_layers: int, chunk: int, num_chunks: int) -> range:
-    per = num_layers // num_chunks
-    return range(chunk * per, (chunk + 1) * per)
 
 
 def visual_tokens_per_image(cfg: ModelConfig) -> int:

@@ -48,7 +48,6 @@ def test_unified_megatron_pp2(tmp_path):
 def test_tokenizer_with_gan(tmp_path):
     sites = run(tmp_path, "tok", ["configs/tokenizer/tiny_stage1.yaml", "data.synthetic.num_samples=64",
                                   "tokenizer.weights.gan=0.05", "tokenizer.gan.start_step=0"])
-    modules = {s.split(":")[0] for s in sites}
     # the discriminator's gradients (the task); the non-finite flag and logged metrics (the engine)
     assert sum(s.startswith("hydra_dist.train.tasks.tokenizer:") for s in sites) == 1, sites
     assert sum(s.startswith("hydra_dist.parallel.zero_engine:") for s in sites) == 2, sites

@@ -129,7 +129,7 @@ def test_megatron_tp_slices_merge_back(trained, tmp_path):
     every tensor back bit for bit, and a replicated tensor that differs in shape is refused."""
     from safetensors import safe_open
     from safetensors.torch import save_file
-    from hydra_dist.export.partition import partition_dim, split_tp
+    from hydra_dist.models.partition import partition_dim, split_tp
     from hydra_dist.export.readers import open_checkpoint
     src = step_dir(trained("megatron_pp2")["run"])
     ref = open_checkpoint(src)

@@ -15,18 +15,21 @@ def _layer_dims(module):
     return out
 
 
-@pytest.mark.parametrize("config", ["configs/tiny_cpu.yaml", "configs/tokenizer/tiny_stage1.yaml"])
+@pytest.mark.parametrize("config", ["configs/tiny_cpu.yaml", "configs/tokenizer/tiny_stage1.yaml",
+                                    "configs/unified/stage2_pretrain_7b.yaml",
+                                    "configs/tokenizer/stage1_foundation.yaml"])
 def test_name_rule_matches_megatron_layer_attributes(config, megatron_tp1):
     import torch
 
     from hydra_dist.models.partition import partition_dim
-    cfg = load_config(config, [])
-    if cfg.task == "tokenizer":
-        from hydra_dist.models.tokenizer import HydraTok, TeacherViT
-        models = [HydraTok(cfg), TeacherViT(cfg.model.vit, cfg.model.init_std)]
-    else:
-        from hydra_dist.models.hydra import HydraModel
-        with torch.device("meta"):
+    cfg = load_config(config, ["model.init_from=", "model.tokenizer_from=", "tokenizer.init_from=",
+                               "tokenizer.teacher_from="])
+    with torch.device("meta"):   # real widths, no memory
+        if cfg.task == "tokenizer":
+            from hydra_dist.models.tokenizer import HydraTok, TeacherViT
+            models = [HydraTok(cfg), TeacherViT(cfg.model.vit, cfg.model.init_std)]
+        else:
+            from hydra_dist.models.hydra import HydraModel
             models = [HydraModel(cfg.model)]
     n_split = 0
     for model in models:

@@ -25,7 +25,7 @@ def whole(name: str, t: torch.Tensor, tp: int) -> torch.Tensor:
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from hydra_dist.export.partition import merge_tp
+    from hydra_dist.models.partition import merge_tp
     parts = [torch.empty_like(t) for _ in range(tp)]
     dist.all_gather(parts, t.contiguous(), group=ps.get_tensor_model_parallel_group())
     return merge_tp(name, parts)

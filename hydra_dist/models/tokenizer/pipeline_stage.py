@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..pipeline_stage import chunk_layers
+from ..partition import chunk_layers
 from .decoder import modulate, patchify, unpatchify
 from .losses import distill_loss
 from .model import HydraTok

@@ -1,7 +1,7 @@
 """Layout-free tokenizer weights: full (un-sharded) tensors in, TP shards out, and back.
 
-A megatron TP parameter carries `tensor_model_parallel` and `partition_dim`; its full tensor is
-the concatenation of the TP ranks' shards along that dim. Files hold full tensors, so a
+A TP-sharded parameter's full tensor is the concatenation of the TP ranks' shards along the dim
+models/partition.py names for it (the same rule export, import and resharding use). Files hold full tensors, so a
 tokenizer trained at one TP size loads at any other (tokenizer.init_from, hydra-eval-recon).
 """
 from __future__ import annotations
@@ -15,28 +15,31 @@ from megatron.core import parallel_state as ps
 
 from hydra_dist.distributed.init import to_comm
 
-
-def is_tp(p) -> bool:
-    return bool(getattr(p, "tensor_model_parallel", False)) and \
-        ps.get_tensor_model_parallel_world_size() > 1
+from ..partition import partition_dim
 
 
-def shard(full, p):
-    """This TP rank's slice of a full tensor, for parameter p."""
-    if not is_tp(p):
+def tp_dim(name: str):
+    """The dim `name` is sharded along on this run's TP group, or None (replicated / TP = 1)."""
+    return partition_dim(name) if ps.get_tensor_model_parallel_world_size() > 1 else None
+
+
+def shard(full, name: str):
+    """This TP rank's slice of the full tensor of parameter `name`."""
+    dim = tp_dim(name)
+    if dim is None:
         return full
     tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    return full.chunk(tp, dim=p.partition_dim)[r]
+    return full.chunk(tp, dim=dim)[r]
 
 
-def gather(p) -> torch.Tensor:
-    t = p.detach()
-    if not is_tp(p):
+def gather(p, name: str) -> torch.Tensor:
+    t, dim = p.detach(), tp_dim(name)
+    if dim is None:
         return t.clone()
     group = ps.get_tensor_model_parallel_group()
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, to_comm(t.contiguous(), group), group=group)
-    return torch.cat(parts, dim=p.partition_dim)
+    return torch.cat(parts, dim=dim)
 
 
 @contextlib.contextmanager
@@ -52,7 +55,7 @@ def zero3_gathered(module, zero_stage: int):
 
 def full_state_dict(module) -> dict:
     """Full tensors of every parameter (collective over TP: call on all TP ranks)."""
-    return {n: gather(p).cpu() for n, p in module.named_parameters()}
+    return {n: gather(p, n).cpu() for n, p in module.named_parameters()}
 
 
 def load_full(module, full: dict, *, strict: bool = True, where: str = "") -> list[str]:
@@ -67,7 +70,7 @@ def load_full(module, full: dict, *, strict: bool = True, where: str = "") -> li
         if name not in params:
             continue
         p = params[name]
-        t = shard(t, p)
+        t = shard(t, name)
         if t.shape != p.shape:
             raise ValueError(f"{where}: {name} has shape {tuple(t.shape)}, the model "
                              f"{tuple(p.shape)} (check model.vit / tokenizer.decoder sizes)")

@@ -1,4 +1,8 @@
-"""Tensor-parallel partition dims of every HydraModel parameter, and TP merge / split.
+"""How the models are cut: the one TP sharding rule (partition dim of every HydraModel and
+HYDRA-TOK parameter, by name; TP merge / split) and the one pipeline chunking rule.
+
+Used by export, import, elastic resharding, tokenizer weights and both pipeline stages;
+tests/models/test_tp_rule.py holds the name rule against megatron-core's own layer attributes.
 
 megatron-core layers shard as follows (dim of the PyTorch tensor, [out, in] for weights):
   ColumnParallelLinear  weight dim 0, bias dim 0      (q, k, v, gate, up, fc1, lm_head)
@@ -50,3 +54,10 @@ def split_tp(name: str, full: torch.Tensor, tp: int, rank: int) -> torch.Tensor:
     if full.shape[dim] % tp:
         raise ValueError(f"{name}: dim {dim} of size {full.shape[dim]} is not divisible by tp={tp}")
     return full.chunk(tp, dim=dim)[rank].contiguous()
+
+
+def chunk_layers(num_layers: int, chunk: int, num_chunks: int) -> range:
+    """The layers of pipeline chunk `chunk` of `num_chunks` (an even split; the config checks
+    divisibility): the LLM's layers (unified) or the pixel decoder's blocks (tokenizer)."""
+    per = num_layers // num_chunks
+    return range(chunk * per, (chunk + 1) * per)
