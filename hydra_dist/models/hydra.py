@@ -17,7 +17,7 @@ from hydra_dist.ops.attention import make_mask, resolve_attention
 from .gsb import GSB
 from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
-from .noise import per_sample_generator
+from .noise import flow_noise_cpu
 from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
 from .vit import PatchEmbed, PrependToken, ViTStack
 
@@ -108,17 +108,11 @@ class HydraModel(nn.Module):
 
     def flow_noise(self, sample_ids_B, noise_seed: int, mu_BNC):
         """(t [B], eps [B,N,C]) for rectified flow, one generator per sample."""
-        ts, epss = [], []
-        for sid in sample_ids_B.tolist():
-            gen = per_sample_generator(noise_seed, sid)
-            z = torch.randn(1, generator=gen)
-            ts.append(torch.sigmoid(z) if self.cfg.time_sampling == "logit_normal"
-                      else torch.rand(1, generator=gen))
-            epss.append(torch.randn(mu_BNC.shape[1:], generator=gen))
-        t = shift_time(torch.cat(ts), self.cfg.time_shift)
+        t, eps = flow_noise_cpu(sample_ids_B, noise_seed, mu_BNC.shape[1:], self.cfg.time_sampling)
+        t = shift_time(t, self.cfg.time_shift)
         # fp32 on mu's device whatever the compute dtype: x_t and the target eps - mu are formed
         # in fp32, x_t is then cast to the compute dtype
-        return t.to(mu_BNC.device, torch.float32), torch.stack(epss).to(mu_BNC.device, torch.float32)
+        return t.to(mu_BNC.device, torch.float32), eps.to(mu_BNC.device, torch.float32)
 
     # --- training forward --------------------------------------------------------------
     def forward(self, batch: dict, noise_seed: int = 0, ntp_den=None, fm_den=None) -> dict:

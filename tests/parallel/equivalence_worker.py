@@ -1,5 +1,7 @@
-"""Run under torchrun: one forward/backward of HydraModel and a few DeepSpeed steps on a fixed
-global batch, under the layout given by argv; rank 0 saves results for the test to compare.
+"""Run under torchrun: one forward/backward of HydraModel and a few steps of the ZeRO engine on a
+fixed global batch, under the layout given by argv; rank 0 saves results for the test to compare.
+zero_engine_run is the ZeRO side of the harness both tasks share (tokenizer_equivalence_worker.py
+uses it too): the task's own step preparation and the engine's train_step, as the loop runs them.
 
 argv: OUT_FILE TP ZERO_STAGE STEPS [key=value ...]
 Every layout sees the same global batch: DP rank r takes its slice, TP peers the same slice.
@@ -41,6 +43,22 @@ def full_grad(p, tp_group):
     return g
 
 
+def zero_engine_run(cfg, layout, mine: dict, steps: int) -> list:
+    """`steps` steps of the task's ZeRO engine (train/tasks/, parallel/zero_engine.py) on this DP
+    rank's slice `mine`, the noise seeded per step and sample as in training -> the loss
+    trajectory (global means). Returns the engine's module too (ZeRO-3 share)."""
+    from hydra_dist.train.tasks import make_task
+    task = make_task(cfg)
+    engine = task.build_engine(layout)
+    traj = []
+    for step in range(steps):
+        shaped, spec = task.prepare_step([mine], step, layout)
+        r = engine.train_step(shaped, spec)
+        assert not r.skipped
+        traj.append(r.acc[0].item() / layout.dp)
+    return traj, engine.module
+
+
 def main():
     out_file, tp, zero, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     from hydra_dist.config import load_config
@@ -57,8 +75,6 @@ def main():
     cfg.parallel.micro_batch_size = mb_global // dp
     batch = global_batch(cfg, mb_global)
     mine = global_batch(cfg, mb_global, part=(dp_rank, dp))
-    n_tok = float(batch["labels"].ge(0).sum()) / dp
-    n_gen = max(float(batch["is_gen"].sum()), 1.0) / dp
     torch.manual_seed(cfg.train.seed)
     model = HydraModel(cfg.model)
     model.set_activation_checkpointing(cfg.parallel.activation_checkpointing)
@@ -70,18 +86,9 @@ def main():
     tp_group = ps.get_tensor_model_parallel_group()
     res["grads"] = {n: full_grad(p, tp_group) for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    # 2) DeepSpeed steps, each DP rank on its slice; noise seeded per sample slice
-    from hydra_dist.parallel.deepspeed_engine import build_deepspeed
-    engine = build_deepspeed(model, cfg)
-    traj = []
-    for step in range(steps):
-        o = engine(mine, noise_seed=100 + step, ntp_den=n_tok, fm_den=n_gen)
-        engine.backward(o["loss"])
-        engine.step()
-        t = o["loss"].detach().reshape(1).double()
-        dist.all_reduce(t, group=ps.get_data_parallel_group())
-        traj.append(t.item() / dp)
-    res["trajectory"] = traj
+    # 2) the ZeRO engine's steps as the loop runs them, each DP rank on its slice (the task
+    # builds the same initial model again: same seed)
+    res["trajectory"], model = zero_engine_run(cfg, layout, mine, steps)
     if zero == 3:  # share of parameters this rank holds
         held = sum(p.ds_tensor.numel() for p in model.parameters() if hasattr(p, "ds_tensor"))
         total = sum(p.ds_numel for p in model.parameters() if hasattr(p, "ds_numel"))

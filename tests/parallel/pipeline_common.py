@@ -1,5 +1,7 @@
-"""What the pipeline tests of both models share: comparing a run with its one-process
-reference, gathering per-stage results in the workers, and the interrupted-run resume check."""
+"""The pipeline harness both tasks share: the megatron engine run through the task interface
+(engine_run), comparing a run with its one-process reference, gathering per-stage results in
+the workers, and the interrupted-run resume check. The workers (pipeline_worker.py: unified,
+tok_pipeline_worker.py: HYDRA-TOK) add only their task's config, batches and reference."""
 import json
 
 import pytest
@@ -28,6 +30,41 @@ def gather_stages(engine, mine: dict, key, traj: list, first: dict) -> dict:
         res["grads"].update(m["grads"])
         res["names"].update(m["names"])
     return res
+
+
+def engine_run(cfg, layout, batches, steps: int, stage_kwargs) -> dict:
+    """Worker side: `steps` steps of the task's megatron engine over the same micro-batches, with
+    the chunks' forward kwargs of each step from stage_kwargs(step) (fixed noise seeds, the
+    reference's loss denominators). -> the first step's mean loss terms and grad norm, every
+    gradient before clipping (TP-gathered, from TP rank 0), parameter names per (pp, tp) rank
+    and the loss trajectory, gathered to every rank."""
+    from megatron.core import parallel_state as ps
+
+    from equivalence_worker import full_grad  # same directory: on sys.path under torchrun
+    from hydra_dist.train.tasks import make_task
+    task = make_task(cfg)
+    engine = task.build_engine(layout)
+    tp_group = ps.get_tensor_model_parallel_group()
+    grads, traj, first = {}, [], {}
+    clip = engine._clip
+
+    def capture(gs, max_norm):  # gradients after the DP all-reduce, before clipping
+        if not grads:
+            for n, p in engine.model.chunks.named_parameters():
+                if p.grad is not None and p.requires_grad:
+                    grads[n.split(".", 1)[1]] = full_grad(p, tp_group)
+        return clip(gs, max_norm)
+    engine._clip = capture
+    for step in range(steps):
+        shaped, spec = task.prepare_step(batches, step, layout)   # padded rows, p2p length
+        spec.stage_kwargs = stage_kwargs(step)
+        r = engine.train_step(shaped, spec)
+        mean = dict(zip(spec.keys, (r.acc / (len(batches) * layout.dp)).tolist()))
+        if step == 0:
+            first = {**mean, "grad_norm": engine.get_global_grad_norm()}
+        traj.append(mean["loss"])
+    return gather_stages(engine, grads if layout.tp_rank == 0 else {},
+                         (layout.pp_rank, layout.tp_rank), traj, first)
 
 
 def metrics(run_dir):

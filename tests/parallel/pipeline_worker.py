@@ -11,8 +11,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from equivalence_worker import full_grad  # same directory: torchrun puts it on sys.path
-from pipeline_common import gather_stages
+from pipeline_common import engine_run  # same directory: torchrun puts it on sys.path
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 MICRO, MBS = 4, 2
@@ -65,35 +64,6 @@ def reference(cfg, batches, dens, steps):
     return res
 
 
-def engine_run(cfg, layout, batches, dens, steps):
-    from megatron.core import parallel_state as ps
-
-    from hydra_dist.train.tasks import make_task
-    task = make_task(cfg)
-    engine = task.build_engine(layout)
-    tp_group = ps.get_tensor_model_parallel_group()
-    grads, traj, first = {}, [], {}
-    clip = engine._clip
-
-    def capture(gs, max_norm):  # gradients after the DP all-reduce, before clipping
-        if not grads:
-            for n, p in engine.model.chunks.named_parameters():
-                if p.grad is not None and p.requires_grad:
-                    grads[n.split(".", 1)[1]] = full_grad(p, tp_group)
-        return clip(gs, max_norm)
-    engine._clip = capture
-    for step in range(steps):
-        shaped, spec = task.prepare_step(batches, step, layout)   # padded rows, p2p length
-        spec.stage_kwargs = {"noise_seed": 100 + step, "ntp_den": dens[0], "fm_den": dens[1]}
-        r = engine.train_step(shaped, spec)
-        if step == 0:
-            first = {k: v / len(batches) for k, v in zip(("loss", "ntp", "fm"), r.acc.tolist())}
-            first["grad_norm"] = engine.get_global_grad_norm()
-        traj.append(r.acc[0].item() / len(batches))
-    return gather_stages(engine, grads if layout.tp_rank == 0 else {},
-                         (layout.pp_rank, layout.tp_rank), traj, first)
-
-
 def main():
     out_file, mode = sys.argv[1], sys.argv[2]
     tp, pp, vp, steps = (int(a) for a in sys.argv[3:7])
@@ -111,7 +81,9 @@ def main():
     n_tok = sum(float(b["labels"].ge(0).sum()) for b in batches)
     n_gen = max(sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches), 1.0)
     dens = (n_tok / MICRO, n_gen / MICRO)
-    res = reference(cfg, batches, dens, steps) if mode == "ref" else engine_run(cfg, layout, batches, dens, steps)
+    res = reference(cfg, batches, dens, steps) if mode == "ref" else engine_run(
+        cfg, layout, batches, steps,
+        lambda step: {"noise_seed": 100 + step, "ntp_den": dens[0], "fm_den": dens[1]})
     if dist.get_rank() == 0:
         torch.save(res, out_file)
     shutdown()

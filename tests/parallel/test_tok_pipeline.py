@@ -35,7 +35,7 @@ def test_tok_pp2_equals_single_process(tmp_path):
     reference, got = run(tmp_path, 2, 2)
     assert reference["trajectory"][-1] < reference["trajectory"][0]
     assert_same(reference, got)
-    first, last = got["names"][0], got["names"][1]
+    first, last = got["names"][(0, 0)], got["names"][(1, 0)]
     # the encoder and the decoder's input side on stage 0, decoder blocks split 2 + 2,
     # the output side on stage 1; together exactly HydraTok's parameter names
     assert {n.split(".")[0] for n in first} == {"patch", "gen_vit", "gsb", "sem_vit", "decoder"}
@@ -43,7 +43,7 @@ def test_tok_pp2_equals_single_process(tmp_path):
     assert {n.split(".")[2] for n in last if n.startswith("decoder.blocks.")} == {"2", "3"}
     assert all(n.startswith("decoder.") for n in last)
     assert any(n.startswith("decoder.out.") for n in last)
-    assert sorted(first + last) == reference["names"][0]
+    assert sorted(first + last) == reference["names"][(0, 0)]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from pipeline_common import gather_stages  # same directory: on sys.path under torchrun
+from pipeline_common import engine_run  # same directory: on sys.path under torchrun
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 MICRO, MBS = 4, 2
@@ -38,7 +38,7 @@ def reference(cfg, batches, steps):
     o = cfg.train.optim
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    res, traj = {"names": {0: sorted(n for n, _ in model.named_parameters())}}, []
+    res, traj = {"names": {(0, 0): sorted(n for n, _ in model.named_parameters())}}, []
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         acc = dict.fromkeys(KEYS, 0.0)
@@ -60,34 +60,6 @@ def reference(cfg, batches, steps):
     return res
 
 
-def engine_run(cfg, layout, batches, steps):
-    from megatron.core import parallel_state as ps
-
-    from hydra_dist.train.tasks import make_task
-    task = make_task(cfg)
-    engine = task.build_engine(layout)
-    grads, traj, first = {}, [], {}
-    clip = engine._clip
-
-    def capture(gs, max_norm):  # gradients before clipping
-        if not grads:
-            for n, p in engine.model.chunks.named_parameters():
-                if p.grad is not None and p.requires_grad:
-                    grads[n.split(".", 1)[1]] = p.grad.clone()
-        return clip(gs, max_norm)
-    engine._clip = capture
-    for step in range(steps):
-        shaped, spec = task.prepare_step(batches, step, layout)
-        spec.stage_kwargs = {"noise_seed": 100 + step}
-        r = engine.train_step(shaped, spec)
-        mean = dict(zip(spec.keys, (r.acc / (len(batches) * ps.get_data_parallel_world_size())).tolist()))
-        if step == 0:
-            first = {k: mean[k] for k in KEYS}
-            first["grad_norm"] = engine.get_global_grad_norm()
-        traj.append(mean["loss"])
-    return gather_stages(engine, grads, layout.pp_rank, traj, first)
-
-
 def main():
     out_file, pp, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     from hydra_dist.config import load_config
@@ -101,7 +73,7 @@ def main():
     batches = micro_batches(cfg)
     n, r = MBS // layout.dp, layout.dp_rank
     mine = [{k: v[r * n:(r + 1) * n] for k, v in b.items()} for b in batches]
-    got = engine_run(cfg, layout, mine, steps)
+    got = engine_run(cfg, layout, mine, steps, lambda step: {"noise_seed": 100 + step})
     if dist.get_rank() == 0:
         torch.save({"got": got, "ref": reference(cfg, batches, steps)}, out_file)
     shutdown()

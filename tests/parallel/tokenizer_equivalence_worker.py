@@ -1,6 +1,6 @@
 """Run under torchrun: HYDRA-TOK (stage 1: flow matching, GSB regulariser, distillation against
 the frozen teacher) under the layout given by argv; rank 0 saves loss parts, full gradients and
-a DeepSpeed loss trajectory. argv: OUT_FILE TP ZERO_STAGE STEPS.
+a ZeRO-engine loss trajectory (equivalence_worker.zero_engine_run: the loop's own step). argv: OUT_FILE TP ZERO_STAGE STEPS.
 Every layout sees the same global batch; each DP rank takes its slice."""
 import sys
 import warnings
@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-from equivalence_worker import full_grad
+from equivalence_worker import full_grad, zero_engine_run
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -24,7 +24,6 @@ def main():
     from hydra_dist.config import load_config
     from hydra_dist.distributed.init import init_distributed, shutdown
     from hydra_dist.models.tokenizer.losses import TokenizerObjective
-    from hydra_dist.parallel.deepspeed_engine import build_deepspeed
     from hydra_dist.train.tasks.tokenizer import build_parts
     from megatron.core import parallel_state as ps
     world = int(__import__("os").environ["WORLD_SIZE"])
@@ -46,16 +45,7 @@ def main():
     tp_group = ps.get_tensor_model_parallel_group()
     res["grads"] = {k: full_grad(p, tp_group) for k, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    engine = build_deepspeed(model, cfg)
-    traj = []
-    for step in range(steps):
-        loss, _ = objective.generator(engine(mine, noise_seed=100 + step), mine["images"])
-        engine.backward(loss)
-        engine.step()
-        t = loss.detach().reshape(1).double()
-        dist.all_reduce(t, group=ps.get_data_parallel_group())
-        traj.append(t.item() / dp)
-    res["trajectory"] = traj
+    res["trajectory"], _ = zero_engine_run(cfg, layout, mine, steps)
     if dist.get_rank() == 0:
         torch.save(res, out_file)
     shutdown()

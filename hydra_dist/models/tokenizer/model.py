@@ -18,7 +18,7 @@ from hydra_dist.config.schema import RunConfig, ViTConfig
 from ..gsb import GSB
 from ..hydra import build_sem_cls
 from ..layers import mp_config
-from ..noise import per_sample_generator
+from ..noise import flow_noise_cpu
 from ..vit import PatchEmbed, ViTStack
 from .decoder import PixelFlowDecoder
 
@@ -71,16 +71,9 @@ class HydraTok(nn.Module):
 
     def flow_noise(self, sample_ids_B, noise_seed: int, like_B3HW):
         """(t [B], eps [B,3,H,W]) per sample."""
-        ts, epss = [], []
-        for sid in sample_ids_B.tolist():
-            gen = per_sample_generator(noise_seed, sid)
-            z = torch.randn(1, generator=gen)
-            ts.append(torch.sigmoid(z) if self.tok_cfg.time_sampling == "logit_normal"
-                      else torch.rand(1, generator=gen))
-            epss.append(torch.randn(like_B3HW.shape[1:], generator=gen))
+        t, eps = flow_noise_cpu(sample_ids_B, noise_seed, like_B3HW.shape[1:], self.tok_cfg.time_sampling)
         # fp32 on the image's device: the flow target eps - x is formed in fp32 under bf16
-        return (torch.cat(ts).to(like_B3HW.device, torch.float32),
-                torch.stack(epss).to(like_B3HW.device, torch.float32))
+        return t.to(like_B3HW.device, torch.float32), eps.to(like_B3HW.device, torch.float32)
 
     # --- training forward --------------------------------------------------------------
     def encode_for_decoder(self, batch: dict, noise_seed: int, semantic: bool):
