@@ -140,7 +140,7 @@ class HydraModel(nn.Module):
         mask = make_mask(batch["segment_ids"], batch["image_ids"], self.attention_path())
         h = self.llm(emb_flat.reshape(R, S, H), mask, batch["position_ids"])
 
-        l_ntp, n_tok = ntp_loss(self.llm.logits(h), batch["labels"], ntp_den)
+        l_ntp, n_tok = ntp_loss(h, batch["labels"], self.llm.logits, ntp_den, batch.get("label_index"))
         h_vis = h.reshape(R * S, H)[vidx.clamp(min=0)]    # [I, M, H]
         skip = merge_patches(x_t, self.cfg.head.merge) if self.cfg.head.latent_skip else None
         v_pred = self.flow_head(h_vis, t, skip)

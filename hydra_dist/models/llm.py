@@ -96,12 +96,22 @@ def tied_logits(h_BSH, embed_weight_VH):
     return torch.matmul(h_BSH, embed_weight_VH.t())
 
 
-def ntp_loss(logits_BSV, labels_BS, denominator=None):
-    """Mean next-token cross-entropy over labelled positions (labels < 0 are ignored), computed
-    on vocab-parallel logits without gathering the vocabulary."""
-    valid = labels_BS >= 0
-    target = labels_BS.clamp(min=0)
-    per_tok = tensor_parallel.vocab_parallel_cross_entropy(logits_BSV.float(), target)
-    count = valid.sum()
+def label_index(labels_BS) -> torch.Tensor:
+    """Flat indices (into B*S) of the positions that carry a label. The training task computes
+    them on the CPU before the batch goes to the device (a nonzero on the device would be a
+    host sync per micro-batch); other callers (eval, tests) get them here."""
+    return (labels_BS.reshape(-1) >= 0).nonzero().squeeze(1)
+
+
+def ntp_loss(h_BSH, labels_BS, logits_fn, denominator=None, index=None):
+    """Mean next-token cross-entropy over labelled positions (labels < 0 are ignored). The LM
+    head and the fp32 cross-entropy run on those positions only (captions are ~20-40 of a
+    row's ~514 tokens; image and padding positions carry no label), on vocab-parallel logits
+    without gathering the vocabulary. index: label_index(labels_BS) when the caller has it."""
+    idx = label_index(labels_BS) if index is None else index
+    h_1TH = h_BSH.reshape(-1, h_BSH.shape[-1]).index_select(0, idx)[None]
+    target = labels_BS.reshape(-1).index_select(0, idx)[None]
+    per_tok = tensor_parallel.vocab_parallel_cross_entropy(logits_fn(h_1TH).float(), target)
+    count = torch.tensor(idx.numel(), device=h_BSH.device)
     den = count.clamp(min=1) if denominator is None else denominator
-    return (per_tok * valid).sum() / den, count
+    return per_tok.sum() / den, count

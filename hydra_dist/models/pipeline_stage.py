@@ -168,7 +168,7 @@ class HydraStage(nn.Module):
 
     def _heads(self, batch, h, payload, ntp_den, fm_den):
         """HydraModel.forward from the final norm on: both losses."""
-        l_ntp, n_tok = ntp_loss(self.llm_logits(h), batch["labels"], ntp_den)
+        l_ntp, n_tok = ntp_loss(h, batch["labels"], self.llm_logits, ntp_den, batch.get("label_index"))
         R, S, H = h.shape
         vidx = batch["visual_index"]
         I, M = vidx.shape

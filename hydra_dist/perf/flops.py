@@ -111,11 +111,15 @@ def unified_flops(cfg, batch: dict, attention: str = "layout") -> FlopsReport:
         pairs = float(R * S * S)
     else:
         pairs = attention_pairs(batch["segment_ids"], batch["image_ids"])
-    return unified_flops_of_shape(cfg, int(batch["images"].shape[0]), R, S, pairs)
+    # the LM head runs on labelled positions only (models/llm.py ntp_loss)
+    head_rows = int(batch["labels"].ge(0).sum()) if "labels" in batch else None
+    return unified_flops_of_shape(cfg, int(batch["images"].shape[0]), R, S, pairs, head_rows)
 
 
-def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsReport:
-    """unified_flops from the shape alone: I images, R rows of S tokens, `pairs` attention pairs."""
+def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float,
+                           head_rows: int | None = None) -> FlopsReport:
+    """unified_flops from the shape alone: I images, R rows of S tokens, `pairs` attention pairs,
+    `head_rows` positions with a label (the LM head's rows; None: all R x S, an upper bound)."""
     m = getattr(cfg, "model", cfg)
     v, g, c, h = m.vit, m.gsb, m.llm, m.head
     frozen = set(m.freeze)
@@ -151,7 +155,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float) -> FlopsRe
     # embeddings are a lookup (no FLOPs), and with an LLM that trains they make the input live
     rep.add("llm", llm, _bwd(llm, tr["llm"], live or tr["llm"]))
     live = live or tr["llm"]
-    head = lin(T, c.hidden_size, c.vocab_size)
+    head = lin(T if head_rows is None else head_rows, c.hidden_size, c.vocab_size)
     head_tr = tr["llm"]
     rep.add("lm_head", head, _bwd(head, head_tr, live))
     # flow head: per-token MLPs on I x M visual positions, per-image modulation

@@ -96,6 +96,7 @@ class Shape:
     seq: int
     images: int
     pairs: float          # allowed (query, key) pairs of the LLM mask
+    labelled: int | None = None   # positions with a label: where the LM head runs (None: all)
 
     @property
     def tokens(self) -> int:
@@ -105,8 +106,9 @@ class Shape:
 def shape_of_batch(batch) -> Shape:
     from .flops import attention_pairs as pairs
     R, S = batch["input_ids"].shape
+    labelled = int(batch["labels"].ge(0).sum()) if "labels" in batch else None
     return Shape(int(R), int(S), int(batch["images"].shape[0]),
-                 pairs(batch["segment_ids"], batch["image_ids"]))
+                 pairs(batch["segment_ids"], batch["image_ids"]), labelled)
 
 
 def shape_of_config(cfg) -> Shape:
@@ -119,7 +121,8 @@ def shape_of_config(cfg) -> Shape:
     S = d.pack_tokens or L
     rows = -(-mb // per_row)
     pairs = mb * (L * (L + 1) / 2 + n_vis * (n_vis - 1) / 2)
-    return Shape(rows, S, mb, pairs)
+    # at most every caption token and its EOS carry a label (understanding samples)
+    return Shape(rows, S, mb, pairs, mb * (d.max_text_tokens + 1))
 
 
 def activation_bytes(cfg, shape: Shape, checkpointing: bool | None = None, tp: int | None = None,
@@ -162,7 +165,8 @@ def activation_bytes(cfg, shape: Shape, checkpointing: bool | None = None, tp: i
     peak = max(peak, layer)
     shared = T * (2 * (H // c.num_heads) * e + (2 * H + 1) * 4) + (0 if flash else shape.rows * shape.seq ** 2)
     out["llm"] = shared + c.num_layers * (T * H * e if ckpt else layer)
-    out["lm_head"] = T * (H * e + c.vocab_size / tp * (4 if e == 4 else 6) + 16)
+    T_head = T if shape.labelled is None else shape.labelled   # the head runs on labelled rows
+    out["lm_head"] = T_head * (H * e + c.vocab_size / tp * (4 if e == 4 else 6) + 16)
     Fh, o = h.flow_head_hidden, h.merge ** 2 * g.latent_channels
     out["flow_head"] = M * (H + h.flow_head_layers * (4 * H + 2 * Fh + 2) + 3 * H + 2 + 2 * o) * e
     out["recompute_peak"] = peak if ckpt else 0.0

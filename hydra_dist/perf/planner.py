@@ -110,7 +110,7 @@ def evaluate(cfg, hw: Hardware, nodes: int, gpn: int, tp: int, pp: int, zero: in
            "recompute_peak": act["recompute_peak"], "zero3_buffers": buffers,
            "reserve": hw.reserve_gb * GB}
     # time per micro-batch
-    rep = unified_flops_of_shape(c, shape.images, shape.rows, shape.seq, shape.pairs)
+    rep = unified_flops_of_shape(c, shape.images, shape.rows, shape.seq, shape.pairs, shape.labelled)
     flops = rep.total
     recompute = sum(rep.parts[p].fwd for p in ("gen_vit", "sem_vit", "llm") if rep.parts[p].bwd > 0) if ckpt else 0
     peak = hw.peak_tflops * 1e12

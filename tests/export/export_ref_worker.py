@@ -68,10 +68,13 @@ def deepspeed_forward(cfg, layout, batch, got):
     engine = build_deepspeed(build_model(cfg, layout), cfg)
     load(cfg, layout, engine)
     m = engine.module
-    capture([("logits", m.llm.lm_head), ("v_pred", m.flow_head)], got)
+    # the final hidden states of every position: training runs the LM head on labelled
+    # positions only, the export's logits cover all, so the head is applied here to all
+    capture([("h", m.llm.norm), ("v_pred", m.flow_head)], got)
     engine.eval()
     with torch.no_grad():
         engine(batch, noise_seed=NOISE_SEED)
+        got["logits"] = m.llm.logits(got.pop("h"))
     return True
 
 
@@ -84,7 +87,7 @@ def megatron_forward(cfg, layout, batch, got):
     load(cfg, layout, engine)
     chunks = list(engine.model.chunks)
     last = [c for c in chunks if c.last]  # the final chunk: on the last pipeline rank only
-    capture([("logits", c.llm.lm_head) for c in last] + [("v_pred", c.flow_head) for c in last], got)
+    capture([("h", c.llm.norm) for c in last] + [("v_pred", c.flow_head) for c in last], got)
     p = cfg.parallel
     n = p.pp  # the interleaved schedule wants a multiple of pp micro-batches; hooks keep the first
     fb = get_forward_backward_func(pp_size=p.pp, vp_size=p.virtual_pp if p.virtual_pp > 1 else None)
@@ -94,6 +97,8 @@ def megatron_forward(cfg, layout, batch, got):
            model=chunks if len(chunks) > 1 else chunks[0], num_microbatches=n,
            seq_length=batch["input_ids"].shape[1] + payload_rows(cfg.model),
            micro_batch_size=batch["input_ids"].shape[0], forward_only=True)
+        if last:   # all positions (training's head runs on labelled ones only)
+            got["logits"] = last[0].llm_logits(got.pop("h"))
     return layout.pp_rank == layout.pp - 1
 
 

@@ -18,6 +18,7 @@ from megatron.core import parallel_state as ps
 from hydra_dist.config import RunConfig
 from hydra_dist.distributed.init import comm_tensor
 from hydra_dist.distributed.phase import Phase
+from hydra_dist.models.llm import label_index
 from hydra_dist.models.noise import step_noise_seed
 from hydra_dist.parallel.engine import StepSpec
 from hydra_dist.parallel.megatron_engine import build_megatron, engine_device, schedule_config
@@ -99,7 +100,8 @@ class UnifiedTask:
         seed = step_noise_seed(cfg.train.seed, step)
         kw = {"noise_seed": seed, "ntp_den": ntp_den, "fm_den": fm_den}
         spec = StepSpec(self.keys, tokens=float(counts[2]), stage_kwargs=kw)
-        if cfg.parallel.engine == "megatron":
+        megatron = cfg.parallel.engine == "megatron"
+        if megatron:
             from hydra_dist.models.pipeline_stage import pad_rows, payload_rows
             batches = [pad_rows(b, cfg.parallel.micro_batch_size) for b in batches]
             S = batches[0]["input_ids"].shape[1]
@@ -107,7 +109,9 @@ class UnifiedTask:
                 raise ValueError("micro-batches of one step differ in length: the pipeline needs "
                                  "fixed shapes (data.pack_tokens=0)")
             spec.seq_length = S + payload_rows(cfg.model)
-        else:
+        # where the LM head runs, found here on the CPU (not on the device: a host sync)
+        batches = [{**b, "label_index": label_index(b["labels"])} for b in batches]
+        if not megatron:
             def micro_loss(model, batch):
                 out = model(batch, **kw)
                 return out["loss"], {"ntp": out["ntp"], "fm": out["fm"]}
