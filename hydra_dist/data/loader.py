@@ -29,9 +29,15 @@ from .samples import ChatRenderer, MixtureDataset, SourceSpec, resolve_streams
 log = logging.getLogger("hydra_dist")
 
 
+# Read on the host only (the per-sample noise generators are seeded from them): sending them to
+# the device would make every micro-batch's .tolist() a device-to-host sync.
+HOST_KEYS = ("sample_ids",)
+
+
 def to_device(batch: dict, device) -> dict:
-    """A collated micro-batch on the training device (non-blocking from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    """A collated micro-batch on the training device (non-blocking from pinned memory), the
+    HOST_KEYS left where they are."""
+    return {k: v if k in HOST_KEYS else v.to(device, non_blocking=True) for k, v in batch.items()}
 LOG_FIRST_BAD = 10
 
 
