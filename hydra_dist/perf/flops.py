@@ -105,21 +105,26 @@ def conv_fwd(n_img: int, c_in: int, c_out: int, k: int, h_out: int, w_out: int) 
 def unified_flops(cfg, batch: dict, attention: str = "layout") -> FlopsReport:
     """Forward and backward FLOPs of HydraModel.forward + backward on one micro-batch.
     cfg: RunConfig or ModelConfig. batch: the collator's dict (only shapes and the layout
-    tensors segment_ids / image_ids are read)."""
+    tensors segment_ids / image_ids / labels are read).
+    attention="layout" (MFU): the useful work only: real tokens (padding positions excluded:
+    the trainer reports their share as padding_share) and the mask's allowed pairs.
+    attention="dense": what the reference path computes, padding and R x S^2 pairs included."""
     R, S = (int(x) for x in batch["input_ids"].shape)
     if attention == "dense":
-        pairs = float(R * S * S)
+        pairs, tokens = float(R * S * S), None
     else:
         pairs = attention_pairs(batch["segment_ids"], batch["image_ids"])
+        tokens = int(batch["segment_ids"].gt(0).sum())
     # the LM head runs on labelled positions only (models/llm.py ntp_loss)
     head_rows = int(batch["labels"].ge(0).sum()) if "labels" in batch else None
-    return unified_flops_of_shape(cfg, int(batch["images"].shape[0]), R, S, pairs, head_rows)
+    return unified_flops_of_shape(cfg, int(batch["images"].shape[0]), R, S, pairs, head_rows, tokens)
 
 
 def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float,
-                           head_rows: int | None = None) -> FlopsReport:
+                           head_rows: int | None = None, tokens: int | None = None) -> FlopsReport:
     """unified_flops from the shape alone: I images, R rows of S tokens, `pairs` attention pairs,
-    `head_rows` positions with a label (the LM head's rows; None: all R x S, an upper bound)."""
+    `head_rows` positions with a label (the LM head's rows; None: all R x S, an upper bound),
+    `tokens` real (non-padding) tokens the LLM's linear layers count (None: all R x S)."""
     m = getattr(cfg, "model", cfg)
     v, g, c, h = m.vit, m.gsb, m.llm, m.head
     frozen = set(m.freeze)
@@ -150,7 +155,7 @@ def unified_flops_of_shape(cfg, I: int, R: int, S: int, pairs: float,
     proj = lin(I * M, D * h.merge ** 2, c.hidden_size) + lin(I * M, c.hidden_size, c.hidden_size)
     rep.add("projector", proj, _bwd(proj, tr["projector"], live))
     live = live or tr["projector"]
-    T = R * S
+    T = R * S if tokens is None else tokens
     llm = c.num_layers * (llm_layer_linear_fwd(c, T) + llm_attention_fwd(c, pairs))
     # embeddings are a lookup (no FLOPs), and with an LLM that trains they make the input live
     rep.add("llm", llm, _bwd(llm, tr["llm"], live or tr["llm"]))

@@ -65,3 +65,18 @@ def test_layout_counts_less_than_dense_and_is_cheap():
     n_llm = 1.54e9
     assert unified_flops(cfg, batch).parts["llm"].total + unified_flops(cfg, batch).parts["lm_head"].total \
         == pytest.approx(6 * n_llm * 8192, rel=0.25)
+
+
+def test_mfu_counts_useful_work_packed_or_padded():
+    """The same samples padded (one per row) or packed give the same layout FLOPs: padding
+    positions are not counted (the trainer reports their share as padding_share), while the
+    dense count of what runs is larger for the padded batch."""
+    cfg = load_config("configs/model/tiny.yaml")
+    padded = tiny_batch(cfg, 7, pack_tokens=0, text_every=3)
+    packed = tiny_batch(cfg, 7, pack_tokens=160, text_every=3)
+    assert padded["segment_ids"].shape != packed["segment_ids"].shape
+    assert padded["segment_ids"].eq(0).any()          # rows padded to the longest sample
+    assert padded["segment_ids"].gt(0).sum() == packed["segment_ids"].gt(0).sum()
+    assert step_flops(cfg, padded) == pytest.approx(step_flops(cfg, packed), rel=1e-12)
+    assert unified_flops(cfg, padded, attention="dense").total > step_flops(cfg, padded)
+

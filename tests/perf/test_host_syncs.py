@@ -20,8 +20,8 @@ U, Z, M = "hydra_dist.train.tasks.unified", "hydra_dist.parallel.zero_engine", "
 P = "hydra_dist.train.preemption:agreed"
 # reads of host tensors: CPU batches (denominators, FLOPs, label index), sample ids (HOST_KEYS),
 # the loss terms once on the CPU
-HOST_READS = {f"{U}:<genexpr>": 3 * GA, f"{U}:prepare_step": 1, "hydra_dist.perf.flops:attention_pairs": GA,
-              "hydra_dist.perf.flops:unified_flops": GA, "hydra_dist.train.trainer:_metrics": 1,
+HOST_READS = {f"{U}:<genexpr>": 3 * GA, f"{U}:prepare_step": 2, "hydra_dist.perf.flops:attention_pairs": GA,
+              "hydra_dist.perf.flops:unified_flops": 2 * GA, "hydra_dist.train.trainer:_metrics": 1,
               "hydra_dist.models.noise:flow_noise_cpu": GA}
 CASES = {
     # ZeRO engine: the global loss denominators, the non-finite flag per micro-batch (it decides

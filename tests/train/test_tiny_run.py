@@ -21,6 +21,8 @@ def test_zero3_two_processes_checkpoint_mlflow_and_exact_resume(tmp_path):
     assert [m["step"] for m in ma] == [1, 2, 3, 4, 5, 6]
     for m in ma:
         assert m["ntp_loss"] > 0 and m["fm_loss"] > 0 and m["grad_norm"] > 0
+        # unpacked rows are padded to the longest sample: a real, reported share
+        assert 0.0 < m["padding_share"] < 1.0 and m["mfu"] > 0
     assert ma[-1]["ntp_loss"] < ma[0]["ntp_loss"]
     ck = a / "checkpoints"
     assert (ck / "latest").read_text() == "step00000006"

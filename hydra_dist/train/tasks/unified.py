@@ -29,12 +29,14 @@ log = logging.getLogger("hydra_dist")
 
 
 def loss_denominators(batches, dp_group, dp: int):
-    """Global (labelled tokens, generation images, real tokens) of a step, over all micro-batches
-    and DP ranks; returns (ntp_den, fm_den, counts) scaled so DP averaging yields the exact
-    global per-token / per-image mean."""
+    """Global (labelled tokens, generation images, real tokens, token slots) of a step, over all
+    micro-batches and DP ranks; returns (ntp_den, fm_den, counts) scaled so DP averaging yields
+    the exact global per-token / per-image mean. The slots (rows x length, padding included)
+    ride in the same all-reduce for the padding share."""
     counts = comm_tensor([sum(float(b["labels"].ge(0).sum()) for b in batches),
                           sum(float((b["is_gen"].float() * b["image_weight"]).sum()) for b in batches),
-                          sum(float(b["segment_ids"].gt(0).sum()) for b in batches)], group=dp_group)
+                          sum(float(b["segment_ids"].gt(0).sum()) for b in batches),
+                          sum(float(b["segment_ids"].numel()) for b in batches)], group=dp_group)
     Phase.set("all_reduce of loss denominators")
     dist.all_reduce(counts, group=dp_group)
     counts = counts.cpu()
@@ -83,7 +85,7 @@ class UnifiedTask:
     log_names = {"loss": "loss", "ntp": "ntp_loss", "fm": "fm_loss"}
 
     def __init__(self, cfg: RunConfig):
-        self.cfg, self.grid = cfg, None
+        self.cfg, self.grid, self.padding_share = cfg, None, 0.0
 
     def build_engine(self, layout):
         cfg = self.cfg
@@ -99,7 +101,9 @@ class UnifiedTask:
         ntp_den, fm_den, counts = loss_denominators(batches, ps.get_data_parallel_group(), layout.dp)
         seed = step_noise_seed(cfg.train.seed, step)
         kw = {"noise_seed": seed, "ntp_den": ntp_den, "fm_den": fm_den}
-        spec = StepSpec(self.keys, tokens=float(counts[2]), stage_kwargs=kw)
+        real, slots = float(counts[2]), float(counts[3])
+        spec = StepSpec(self.keys, tokens=real, stage_kwargs=kw)
+        self.padding_share = 1.0 - real / max(slots, 1.0)
         megatron = cfg.parallel.engine == "megatron"
         if megatron:
             from hydra_dist.models.pipeline_stage import pad_rows, payload_rows
@@ -119,7 +123,8 @@ class UnifiedTask:
         return batches, spec
 
     def after_step(self, skipped, layout):
-        return {}
+        # token slots that held padding (the MFU counts real tokens only; docs/performance.md)
+        return {"padding_share": self.padding_share}
 
     def on_start(self, engine, layout, tracker, fresh):
         cfg = self.cfg
