@@ -1,11 +1,14 @@
-"""Loader throughput vs a plain decode loop over the same MDS shards (one run), time to first
-batch, and the sample rate a 7B stage-2 run on 8 H100s needs.
+"""The training loader as a stage config builds it (default: 7B stage 2, the shipped file's
+workers, pinned memory, prefetch, packing and micro-batch) vs a plain decode loop over the same
+MDS shards, time to first batch, and the rate one GPU needs on 8 H100s (one run).
 
-  python benchmarks/bench_data.py [--samples 2000] [--image-size 448] [--workers 2]
+  python benchmarks/bench_data.py [--config configs/unified/stage2_pretrain_7b.yaml] [--samples 800]
 
-Assumption for the requirement row: training FLOPs = 6 * N * tokens, N = 7.6e9 (Qwen2.5-7B +
-ViT, rounded), 40% MFU of 989 TFLOP/s bf16 per H100, tokens per sample = 1 + 256 visual +
-~64 text + 1 (448 px, 2x2 merge); the loader must deliver that many samples/s per GPU.
+The need is the planner's: its predicted step time for the config's layout on 1 x 8 H100
+(perf/planner.evaluate: the FLOPs model at the config's shape, packing and labelled rows) and
+the global batch over DP. Exit 1 when the loader delivers less than --min-headroom x the need.
+The loader's rate is that of THIS host's cores (os.cpu_count() is printed): an H100 node gives
+each GPU ~12-24 cores where this box has 2 in all.
 """
 from __future__ import annotations
 
@@ -41,16 +44,27 @@ def plain_loop(path: Path, size: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def loader_run(path: Path, size: int, n: int, mb: int, workers: int):
-    from hydra_dist.data.collate import HydraCollator
-    from hydra_dist.data.loader import StreamingBatches
-    from hydra_dist.data.tokenizer import ByteTokenizer
-    n_vis = ((size // 14) // 2) ** 2 if size % 14 == 0 else ((size // 16) // 2) ** 2
-    col = HydraCollator(ByteTokenizer(), size, n_vis, 64, 0.5, 0)
+def stage_config(path: str, src: Path):
+    """The stage config as shipped, its data sources pointed at the synthetic shards (and the
+    byte tokenizer: the Qwen tokenizer folder is not on this machine; text is a small part of
+    a sample's cost)."""
+    from hydra_dist.config import load_config
+    cfg = load_config(path, ["data.tokenizer=byte"], check_files=False)
+    for s in cfg.data.sources:
+        s.path = str(src)
+    return cfg
+
+
+def loader_run(cfg, n: int):
+    """Samples/s of the training loader exactly as the trainer builds it for one rank
+    (train/run_setup.build_loader: collator, packing, workers, pinned memory, prefetch)."""
+    from types import SimpleNamespace
+
+    from hydra_dist.train.run_setup import build_loader
+    one_rank = SimpleNamespace(dp=1, tp=1, pp=1)   # a loader serves one rank: its rate is per GPU
+    mb = cfg.parallel.micro_batch_size
     t0 = time.perf_counter()
-    ld = StreamingBatches("", col, mb, 1, 1, True, 0, workers,
-                          sources=[{"path": str(path), "task": "caption", "proportion": 1.0},
-                                   {"path": str(path), "task": "generation", "proportion": 1.0}])
+    ld = build_loader(cfg, "", one_rank)
     next(ld)
     first = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -60,38 +74,53 @@ def loader_run(path: Path, size: int, n: int, mb: int, workers: int):
     return first, steps * mb / (time.perf_counter() - t1)
 
 
-def required_rate(tokens_per_sample: int, n_params=7.6e9, mfu=0.40, peak=989e12) -> float:
-    return mfu * peak / (6 * n_params * tokens_per_sample)
+def required_rate(cfg, nodes: int = 1, gpn: int = 8):
+    """Samples/s one GPU's loader must deliver: the planner's predicted step on nodes x gpn H100s
+    for the config's layout (its FLOPs model at the config's shape and efficiency), global batch
+    over DP (the TP ranks of a group each load the same samples)."""
+    from hydra_dist.perf.planner import GPUS, evaluate
+    p = cfg.parallel
+    plan = evaluate(cfg, GPUS["h100"], nodes, gpn, p.tp, p.pp, p.zero_stage, p.activation_checkpointing)
+    dp = nodes * gpn // (p.tp * p.pp)
+    return plan.global_batch / dp / plan.step_s, plan
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--samples", type=int, default=1000)
-    ap.add_argument("--image-size", type=int, default=448)
+    ap.add_argument("--config", default="configs/unified/stage2_pretrain_7b.yaml")
+    ap.add_argument("--samples", type=int, default=800)
     ap.add_argument("--source-size", type=int, default=512, help="stored image side")
-    ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--min-headroom", type=float, default=4.0)
     a = ap.parse_args()
+    import os
+
     from streaming.base.util import clean_stale_shared_memory
     clean_stale_shared_memory()
     with tempfile.TemporaryDirectory() as tmp:
         src = write_source(Path(tmp) / "mds", a.samples, a.source_size)
-        plain = plain_loop(src, a.image_size, a.samples)
-        first, rate = loader_run(src, a.image_size, a.samples, a.micro_batch, a.workers)
-    need = required_rate(1 + 256 + 64 + 1)
-    rows = [("plain decode loop (1 process)", f"{plain:,.0f} samples/s", "1.00"),
-            (f"StreamingBatches ({a.workers} workers, collate)", f"{rate:,.0f} samples/s",
+        cfg = stage_config(a.config, src)
+        d, size = cfg.data, cfg.model.vit.image_size
+        plain = plain_loop(src, size, min(a.samples, 300))
+        first, rate = loader_run(cfg, a.samples)
+    need, plan = required_rate(cfg)
+    rows = [("plain decode loop (1 process, no collate)", f"{plain:,.0f} samples/s", "1.00"),
+            (f"training loader as configured ({d.num_workers} workers, pin_memory={d.pin_memory}, "
+             f"prefetch {d.prefetch_factor}, pack_tokens={d.pack_tokens})", f"{rate:,.0f} samples/s",
              f"{rate / plain:.2f}"),
             ("time to first batch", f"{first:.2f} s", ""),
-            ("needed per GPU: 7B stage 2, 8xH100 (see docstring)", f"{need:,.1f} samples/s",
+            (f"needed per GPU: {a.config.rsplit('/', 1)[-1]} on 1 x 8 H100 (planner: "
+             f"{plan.step_s:.3f} s/step, global batch {plan.global_batch})", f"{need:,.1f} samples/s",
              f"{rate / need:.1f}x headroom")]
     w = max(len(r[0]) for r in rows)
-    print(f"{a.samples} samples, stored {a.source_size}px JPEG -> {a.image_size}px, "
-          f"micro-batch {a.micro_batch}")
+    print(f"{a.config}: {a.samples} samples, stored {a.source_size}px JPEG -> {size}px, "
+          f"micro-batch {cfg.parallel.micro_batch_size}; this host: {os.cpu_count()} cores")
     print(f"{'measure':<{w}} | {'value':>18} | ratio")
     print("-" * (w + 30))
     for r in rows:
         print(f"{r[0]:<{w}} | {r[1]:>18} | {r[2]}")
+    ok = rate >= a.min_headroom * need
+    print(f"headroom {rate / need:.1f}x (goal >= {a.min_headroom}x): {'ok' if ok else 'SHORT'}")
+    raise SystemExit(0 if ok else 1)
 
 
 if __name__ == "__main__":

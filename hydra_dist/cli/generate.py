@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     if not args.image and not args.decoder:
         ap.error("give --image (understanding) or --prompt with --decoder (generation)")
     logging.basicConfig(level=logging.WARNING)
+    from hydra_dist.logs import quiet_dependencies
+    quiet_dependencies()
     from hydra_dist.distributed.init import init_distributed
     out = sys.stdout
     # Libraries print to stdout (DeepSpeed's accelerator notice): only the answer goes there.

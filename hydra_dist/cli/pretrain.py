@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import warnings
 
 
 def parse_args(argv):
@@ -144,10 +142,9 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
-    # torch's c10d prints a deprecation warning on every ZeRO collective; it hides the log.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    from hydra_dist.logs import quiet_dependencies, setup_logging
+    setup_logging(rank)
+    quiet_dependencies()   # before megatron-core, DeepSpeed and cpp_extension load
     from hydra_dist.train.trainer import train
     result = train(cfg)
     if rank == 0:   # the last step's loss terms of this task (unified: loss, ntp_loss, fm_loss)

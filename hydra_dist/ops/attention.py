@@ -47,7 +47,8 @@ def resolve_attention(kind: str, dtype: torch.dtype = torch.bfloat16) -> str:
         path = kind
     if path not in _LOGGED:
         _LOGGED.add(path)
-        log.info("attention path: %s (model.attention=%s)", path, kind)
+        # the trainer states it once with the other fast paths (hydra_dist.logs.fast_paths_line)
+        log.debug("attention path: %s (model.attention=%s)", path, kind)
     return path
 
 

@@ -75,6 +75,12 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, PERMANENT_TYPES)
 
 
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces, prompts); a training
+# run's loss curves and sample grids live in the "Model training" view, which this kind selects.
+# An experiment someone tagged otherwise keeps its kind.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def create_run(client, entry: dict, artifact_location: Optional[str] = None) -> str:
     """Create the run described by a runs.json entry (creating its experiment if needed,
     with `artifact_location`, or the store's default when None)."""
@@ -82,9 +88,12 @@ def create_run(client, entry: dict, artifact_location: Optional[str] = None) -> 
     exp = client.get_experiment_by_name(entry["experiment"])
     if exp is not None:
         exp_id = exp.experiment_id
+        if KIND_TAG not in exp.tags:   # made by another tool, or before the tag existed
+            client.set_experiment_tag(exp_id, KIND_TAG, KIND)
     else:
         try:
-            exp_id = client.create_experiment(entry["experiment"], artifact_location)
+            exp_id = client.create_experiment(entry["experiment"], artifact_location,
+                                              tags={KIND_TAG: KIND})
         except MlflowException as exc:  # another process created it in between
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

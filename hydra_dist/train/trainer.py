@@ -58,6 +58,8 @@ class Run:
         dist.barrier()
         data_path = prepare_data(cfg, run_dir, layout)
         self.engine = self.task.build_engine(layout)
+        if layout.rank == 0:
+            log.info(self.task.fast_paths(self.engine.device))
         self.ckpt = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.keep_last, layout.rank)
         self.state = {"step": 0, "consumed_samples": 0, "consumed_tokens": 0, "data": None,
                       "mlflow_run_id": None}

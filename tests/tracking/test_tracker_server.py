@@ -7,6 +7,7 @@ from PIL import Image
 
 from hydra_dist.tracking import MLflowTracker
 from hydra_dist.tracking.redact import PARAM_VALUE_MAX
+from hydra_dist.tracking.sender import KIND, KIND_TAG
 
 
 @pytest.fixture
@@ -71,6 +72,21 @@ def test_resume_continues_same_run_without_repeats(mlflow_server, client, tmp_pa
     run = client.get_run(tr1.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
     assert len(client.search_runs([run.info.experiment_id])) == 1
+    # opens in MLflow 3's "Model training" view, not the GenAI one
+    assert client.get_experiment(run.info.experiment_id).tags[KIND_TAG] == KIND
+
+
+def test_existing_experiment_gets_training_kind_unless_tagged(mlflow_server, client, tmp_path):
+    """An experiment made elsewhere without a kind is tagged for the training view; one someone
+    tagged keeps its kind."""
+    bare = client.create_experiment("made-elsewhere")
+    genai = client.create_experiment("genai-one", tags={KIND_TAG: "genai_development"})
+    for name in ("made-elsewhere", "genai-one"):
+        tr = MLflowTracker(mlflow_server.uri, name, "r", spool_dir=str(tmp_path / name))
+        tr.log_metrics({"loss": 1.0}, 1)
+        assert tr.finish()["unsent_records"] == 0
+    assert client.get_experiment(bare).tags[KIND_TAG] == KIND
+    assert client.get_experiment(genai).tags[KIND_TAG] == "genai_development"
 
 
 def test_image_grid_and_loss_curve_artifacts(mlflow_server, client, tmp_path):

@@ -7,6 +7,7 @@ and how a step's loss is formed:
 
   keys, log_names     the loss terms an engine sums per step ("loss" first) and their logged names
   build_engine        model or pipeline chunks, inside the engine the config names
+  fast_paths          one log line: the attention and GSB paths this run takes on `device`
   build_loader        the data for this task
   prepare_step        a step's micro-batches -> (batches for the engine, parallel.engine.StepSpec)
   after_step          work outside the engine after its step (HYDRA-TOK's discriminator update)
@@ -25,6 +26,8 @@ class Task(Protocol):
     log_names: Dict[str, str]
 
     def build_engine(self, layout): ...
+
+    def fast_paths(self, device) -> str: ...
 
     def build_loader(self, data_path: str, layout, state): ...
 

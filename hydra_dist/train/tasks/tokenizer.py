@@ -21,7 +21,9 @@ from megatron.core import parallel_state as ps
 
 from hydra_dist.config import RunConfig, to_dict
 from hydra_dist.distributed.init import to_comm
+from hydra_dist.logs import fast_paths_line
 from hydra_dist.models.noise import step_noise_seed
+from hydra_dist.ops.gsb import resolve_impl
 from hydra_dist.parallel.engine import StepSpec
 from hydra_dist.parallel.megatron_engine import build_megatron, engine_device, schedule_config
 
@@ -116,6 +118,10 @@ class TokenizerTask:
             (("lpips",) if w.lpips > 0 else ()) + (("gan_g", "gan_d") if w.gan > 0 else ())
         self.log_names = {k: k for k in self.keys}
         self.semantic = t.stage == 1 and w.dist > 0
+
+    def fast_paths(self, device):
+        # the ViTs and the pixel decoder attend through torch SDPA (no varlen packing here)
+        return fast_paths_line("torch SDPA", resolve_impl(self.cfg.model.gsb.kernel, device), device)
 
     def build_engine(self, layout):
         cfg = self.cfg

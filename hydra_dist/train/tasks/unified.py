@@ -18,10 +18,14 @@ from megatron.core import parallel_state as ps
 from hydra_dist.config import RunConfig
 from hydra_dist.distributed.init import comm_tensor
 from hydra_dist.distributed.phase import Phase
+from hydra_dist.logs import fast_paths_line
 from hydra_dist.models.llm import label_index
 from hydra_dist.models.noise import step_noise_seed
+from hydra_dist.ops.attention import resolve_attention
+from hydra_dist.ops.gsb import resolve_impl
 from hydra_dist.parallel.engine import StepSpec
-from hydra_dist.parallel.megatron_engine import build_megatron, engine_device, schedule_config
+from hydra_dist.parallel.megatron_engine import (build_megatron, compute_dtype, engine_device,
+                                               schedule_config)
 
 from ..run_setup import build_deepspeed_engine, build_loader, build_model
 
@@ -92,6 +96,11 @@ class UnifiedTask:
         if cfg.parallel.engine == "megatron":   # DP x TP x PP, megatron-core pipeline schedules
             return build_megatron(cfg, layout, build_stages(cfg, layout), engine_device(layout))
         return build_deepspeed_engine(build_model(cfg, layout), cfg, layout)   # DP x TP, ZeRO 0-3
+
+    def fast_paths(self, device):
+        m = self.cfg.model
+        return fast_paths_line(resolve_attention(m.attention, compute_dtype(self.cfg)),
+                               resolve_impl(m.gsb.kernel, device), device)
 
     def build_loader(self, data_path, layout, state):
         return build_loader(self.cfg, data_path, layout, state)
