@@ -21,14 +21,17 @@ from pathlib import Path
 def write_source(out: Path, n: int, size: int) -> Path:
     from streaming import MDSWriter
 
+    from hydra_dist.data.integrity import SHARD_HASH, hashed_columns, with_digest
     from hydra_dist.data.schemas import SCHEMAS
     from hydra_dist.data.synthetic import make_sample
     from hydra_dist.data.transforms import encode_jpeg
-    with MDSWriter(out=str(out), columns=SCHEMAS["image_caption"], size_limit="32mb") as w:
+    # as hydra-prepare-data writes them: per-sample digests (checked on read) and shard hashes
+    with MDSWriter(out=str(out), columns=hashed_columns(SCHEMAS["image_caption"]),
+                   size_limit="32mb", hashes=[SHARD_HASH]) as w:
         for i in range(n):
             img, cap, _ = make_sample(i, 0, size)
-            w.write({"id": i, "key": str(i), "image": encode_jpeg(img), "caption": cap,
-                     "width": size, "height": size})
+            w.write(with_digest({"id": i, "key": str(i), "image": encode_jpeg(img),
+                                 "caption": cap, "width": size, "height": size}))
     return out
 
 
@@ -44,12 +47,12 @@ def plain_loop(path: Path, size: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def stage_config(path: str, src: Path):
+def stage_config(path: str, src: Path, overrides=()):
     """The stage config as shipped, its data sources pointed at the synthetic shards (and the
     byte tokenizer: the Qwen tokenizer folder is not on this machine; text is a small part of
     a sample's cost)."""
     from hydra_dist.config import load_config
-    cfg = load_config(path, ["data.tokenizer=byte"], check_files=False)
+    cfg = load_config(path, ["data.tokenizer=byte", *overrides], check_files=False)
     for s in cfg.data.sources:
         s.path = str(src)
     return cfg
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=800)
     ap.add_argument("--source-size", type=int, default=512, help="stored image side")
     ap.add_argument("--min-headroom", type=float, default=4.0)
+    ap.add_argument("overrides", nargs="*", help="key=value on top of the config (e.g. data.num_workers=2)")
     a = ap.parse_args()
     import os
 
@@ -98,7 +102,7 @@ def main() -> None:
     clean_stale_shared_memory()
     with tempfile.TemporaryDirectory() as tmp:
         src = write_source(Path(tmp) / "mds", a.samples, a.source_size)
-        cfg = stage_config(a.config, src)
+        cfg = stage_config(a.config, src, a.overrides)
         d, size = cfg.data, cfg.model.vit.image_size
         plain = plain_loop(src, size, min(a.samples, 300))
         first, rate = loader_run(cfg, a.samples)

@@ -24,13 +24,36 @@ IGNORE = -100
 TASKS = ("caption", "generation", "text")
 
 
-def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+def _rgb_array(img: Image.Image, size: int) -> np.ndarray:
     if img.mode != "RGB":
         img = img.convert("RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return arr.float() / 127.5 - 1.0  # [-1, 1]
+    return np.asarray(img, dtype=np.uint8)
+
+
+def image_pixels(imgs, size: int) -> torch.Tensor:
+    """[N, 3, size, size] uint8: what the training batch carries. The model maps it to [-1, 1]
+    on its device (models/vit.py model_pixels): the loader's main process does no float work
+    (per-image float conversion and a float stack were 4/5 of its time at 448 px,
+    benchmarks/bench_data.py) and a quarter of the bytes are pinned and copied. (Workers hand
+    over PIL images: uint8 tensors through shared memory were slower to receive.)"""
+    return torch.from_numpy(np.stack([_rgb_array(im, size) for im in imgs])).permute(0, 3, 1, 2)
+
+
+def pixels_to_unit(px: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1], the one formula for every path."""
+    return px.float().div_(127.5).sub_(1.0)
+
+
+def images_to_tensor(imgs, size: int) -> torch.Tensor:
+    """[N, 3, size, size] float in [-1, 1] (eval, generation, HYDRA-TOK's image batches)."""
+    return pixels_to_unit(image_pixels(imgs, size))
+
+
+def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """[3, size, size] float in [-1, 1]."""
+    return images_to_tensor([img], size)[0]
 
 
 def _unit_hash(sample_id: int, seed: int, salt: int) -> float:
@@ -120,25 +143,27 @@ class HydraCollator:
                 cur["nimg"] += 1
                 a = o + vis_start
                 cur["img"][a:a + self.n_vis] = [cur["nimg"]] * self.n_vis
-                images.append(image_to_tensor(s["image"], self.size))
+                images.append(s["image"])
                 weights.append(1.0)
                 gen.append(task == "generation")
                 sids.append(int(s["id"]))
                 vidx.append([r * S + a + j for j in range(self.n_vis)])
             cur["used"] += len(ids)
         if not images:  # dummy image: same collectives on every rank, zero weight in the loss
-            images.append(torch.zeros(3, self.size, self.size))
+            pixels = torch.zeros(1, 3, self.size, self.size, dtype=torch.uint8)
             weights.append(0.0)
             gen.append(False)
             sids.append(-1)
             vidx.append([-1] * self.n_vis)
+        else:
+            pixels = image_pixels(images, self.size)
         return {
             "input_ids": torch.tensor([r["ids"] for r in rows]),
             "labels": torch.tensor([r["labels"] for r in rows]),
             "position_ids": torch.tensor([r["pos"] for r in rows]),
             "segment_ids": torch.tensor([r["seg"] for r in rows]),
             "image_ids": torch.tensor([r["img"] for r in rows]),
-            "images": torch.stack(images),
+            "images": pixels,
             "image_weight": torch.tensor(weights),
             "is_gen": torch.tensor(gen, dtype=torch.bool),
             "sample_ids": torch.tensor(sids),

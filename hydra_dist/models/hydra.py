@@ -19,7 +19,7 @@ from .heads import FlowHead, Projector, merge_patches
 from .layers import mp_config
 from .noise import flow_noise_cpu
 from .llm import SEED_FLOW_HEAD, SEED_VISION, QwenLM, ntp_loss, seed_piece
-from .vit import PatchEmbed, PrependToken, ViTStack
+from .vit import PatchEmbed, PrependToken, ViTStack, model_pixels
 
 
 def shift_time(t, shift: float):
@@ -119,7 +119,7 @@ class HydraModel(nn.Module):
         """ntp_den / fm_den: the loss denominators (labelled tokens, weighted generation samples).
         The trainer passes global counts / dp so that DeepSpeed's gradient averaging over DP
         yields the exact global per-token mean, whatever each rank's mix of tasks."""
-        images = batch["images"].to(self.patch.proj.weight.dtype)
+        images = model_pixels(batch["images"], self.patch.proj.weight.dtype)
         mu = self.encode_latent(images)
         if not self.gsb.proj.weight.requires_grad:
             mu = mu.detach()  # flow target from a frozen tokenizer

@@ -31,6 +31,7 @@ from .heads import merge_patches
 from .hydra import HydraModel, build_flow_head, build_sem_cls, build_vision
 from .layers import RMSNorm, rope_cos_sin
 from .partition import chunk_layers
+from .vit import model_pixels
 from .llm import (SEED_FLOW_HEAD, SEED_VISION, make_embed, make_layer, make_lm_head, ntp_loss,
                   seed_piece, tied_logits)
 
@@ -135,7 +136,7 @@ class HydraStage(nn.Module):
 
     def _embed(self, batch, noise_seed):
         """HydraModel.forward up to the first LLM layer, plus the flow payload."""
-        images = batch["images"].to(self.patch.proj.weight.dtype)
+        images = model_pixels(batch["images"], self.patch.proj.weight.dtype)
         mu = self.encode_latent(images)
         if not self.gsb.proj.weight.requires_grad:
             mu = mu.detach()

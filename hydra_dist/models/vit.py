@@ -13,9 +13,18 @@ from megatron.core import parallel_state
 from torch import nn
 
 from hydra_dist.config.schema import ViTConfig
+from hydra_dist.data.collate import pixels_to_unit
 from hydra_dist.ops.attention import attention
 
 from .layers import GeluMLP, RMSNorm, SelfAttention, scaled_std
+
+
+def model_pixels(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ViT's input in `dtype`: training batches carry uint8 pixels (converted here, on the
+    model's device); eval and generation pass float images already in [-1, 1]."""
+    if images.dtype == torch.uint8:
+        images = pixels_to_unit(images)
+    return images.to(dtype)
 
 
 def make_norm(v: ViTConfig, dim: int) -> nn.Module:

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from hydra_dist.data.collate import IGNORE, HydraCollator
+from hydra_dist.data.collate import IGNORE, HydraCollator, image_to_tensor
 from hydra_dist.data.synthetic import COLORS, make_sample, write_synthetic_mds
 from hydra_dist.data.tokenizer import ByteTokenizer
 from hydra_dist.data.transforms import decode_image
+from hydra_dist.models.vit import model_pixels
 
 
 @pytest.fixture
@@ -52,8 +53,12 @@ def test_collated_batch_layout(mds):
     tok = ByteTokenizer()
     col = HydraCollator(tok, image_size=32, n_vis=16, max_text=48, generation_fraction=0.5, seed=1)
     batch = col([{**ds[i], "image": decode_image(ds[i]["image"])} for i in range(8)])
-    assert batch["images"].shape == (8, 3, 32, 32)
-    assert batch["images"].min() >= -1 and batch["images"].max() <= 1
+    assert batch["images"].shape == (8, 3, 32, 32) and batch["images"].dtype == torch.uint8
+    # the model's conversion gives, bit for bit, the per-image float conversion eval uses
+    unit = model_pixels(batch["images"], torch.float32)
+    per_image = torch.stack([image_to_tensor(decode_image(ds[i]["image"]), 32) for i in range(8)])
+    assert torch.equal(unit, per_image) and unit.min() >= -1 and unit.max() <= 1
+    assert model_pixels(per_image, torch.bfloat16).dtype == torch.bfloat16   # float passes through
     assert batch["is_gen"].any() and (~batch["is_gen"]).any()
     for b in range(8):
         vis = batch["visual_index"][b] % batch["input_ids"].shape[1]

@@ -13,6 +13,8 @@ import torch
 from hf_tiny import our_llm_logits, save_tiny_qwen2
 from launch import REPO, run_torchrun
 
+from hydra_dist.models.vit import model_pixels
+
 
 def _batch():
     from hydra_dist.data.collate import HydraCollator
@@ -124,7 +126,7 @@ def test_tokenizer_part_and_bf16(trained):
     assert {n.split(".")[0] for n in index["weight_map"]} == {"patch", "gen_vit", "gsb", "sem_vit"}
     assert not (tok / "language_model").exists()
     m = AutoModel.from_pretrained(tok, trust_remote_code=True, local_files_only=True, dtype=torch.bfloat16)
-    imgs = _batch()["images"][:2].to(torch.bfloat16)
+    imgs = model_pixels(_batch()["images"][:2], torch.bfloat16)   # the batch carries uint8
     with torch.no_grad():
         assert m.encode_latent(imgs).shape == (2, 64, 16)
     _no_pickles(tok)

@@ -392,6 +392,8 @@ class HydraForPretraining(HydraPreTrainedModel):
         if self.config.part != "all":
             raise ValueError("this export holds HYDRA-TOK only: use encode_latent / semantic_features")
         merge = self.config.head_config["merge"]
+        if images.dtype == torch.uint8:   # hydra_dist's loader batches carry uint8 pixels
+            images = images.float().div_(127.5).sub_(1.0)
         mu = self.encode_latent(images)
         t, eps = self.flow_noise(sample_ids, noise_seed, mu)
         gen_f = is_gen.to(mu.dtype)

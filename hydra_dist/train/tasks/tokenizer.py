@@ -39,8 +39,8 @@ class ImageCollator:
         self.size = size
 
     def __call__(self, samples):
-        from hydra_dist.data.collate import image_to_tensor
-        return {"images": torch.stack([image_to_tensor(s["image"], self.size) for s in samples]),
+        from hydra_dist.data.collate import images_to_tensor
+        return {"images": images_to_tensor([s["image"] for s in samples], self.size),
                 "sample_ids": torch.tensor([int(s["id"]) for s in samples])}
 
 
