@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from hydra_dist.export.manifest import MANIFEST, file_hash, verify, write_manifest
 
+from .megatron_reshard import load_megatron_resharded
 from .reshard import load_resharded
 
 log = logging.getLogger("hydra_dist")
@@ -50,21 +51,26 @@ def engine_layout(engine) -> Dict[str, Any]:
 
 
 def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]) -> bool:
-    """Resuming needs the same engine, PP and ZeRO stage. A new DP size works on every engine:
-    the megatron engine and ZeRO-0 hold whole state per replica, ZeRO-1/2/3 state is
-    re-partitioned from the files (reshard.py), which also covers a new TP size under
-    ZeRO-1/2/3. True when that re-partitioning is needed; a layout that cannot be resumed is
-    refused here, before anything loads, naming both."""
+    """Resuming needs the same engine and, on the DeepSpeed engine, the same PP and ZeRO stage.
+    A new DP size works on every engine: the megatron engine and ZeRO-0 hold whole state per
+    replica, ZeRO-1/2/3 state is re-partitioned from the files (reshard.py), which also covers
+    a new TP size under ZeRO-1/2/3. The megatron engine's state is found by name on any TP and
+    PP size (megatron_reshard.py). True when re-partitioning is needed; a layout that cannot be
+    resumed is refused here, before anything loads, naming both."""
     def fmt(x):
         return f"{x['engine']} tp={x['tp']} pp={x['pp']} dp={x['dp']} zero_stage={x['zero_stage']}"
     fresh = (f"start from its weights instead: hydra-export-hf {folder} OUT, then "
              "model.init_from=OUT (the optimizer and data order restart)")
+    megatron = saved["engine"] == now["engine"] == "megatron"
     zero = now["engine"] == "deepspeed" and now["zero_stage"] > 0
-    fixed = ("engine", "pp", "zero_stage") if zero else ("engine", "tp", "pp", "zero_stage")
+    fixed = ("engine",) if megatron else ("engine", "pp", "zero_stage") if zero else \
+        ("engine", "tp", "pp", "zero_stage")
     if any(saved[k] != now[k] for k in fixed):
         what = "engine, PP and ZeRO stage" if zero else "engine, TP, PP and ZeRO stage"
         raise RuntimeError(f"{folder}: saved as {fmt(saved)}, this run is {fmt(now)}; resuming "
                            f"needs the same {what}; {fresh}")
+    if megatron:
+        return saved["tp"] != now["tp"] or saved["pp"] != now["pp"]
     return zero and (saved["dp"] != now["dp"] or saved["tp"] != now["tp"])
 
 
@@ -226,7 +232,13 @@ class CheckpointManager:
         if (folder / LAYOUT).is_file():  # older checkpoints lack it
             saved = json.loads((folder / LAYOUT).read_text())
             reshard = check_resume_layout(folder, saved, now)
-        if reshard:
+        if reshard and now["engine"] == "megatron":
+            log.info("%s was saved with TP=%d PP=%d, this run has TP=%d PP=%d: filling each "
+                     "stage's weights and Adam state from the files by name", folder, saved["tp"],
+                     saved["pp"], now["tp"], now["pp"])
+            from megatron.core import parallel_state as ps
+            load_megatron_resharded(engine, folder, now["tp"], ps.get_tensor_model_parallel_rank())
+        elif reshard:
             log.info("%s was saved with DP=%d TP=%d, this run has DP=%d TP=%d: re-partitioning "
                      "the ZeRO-%d state from the files", folder, saved["dp"], saved["tp"],
                      now["dp"], now["tp"], now["zero_stage"])

@@ -16,55 +16,7 @@ import sys
 
 import torch
 
-HELD_OUT_SEED = 987654  # never used for training sets
-
-
-def nearest_colour(rgb) -> str:
-    from hydra_dist.data.synthetic import COLORS
-    return min(COLORS, key=lambda c: sum((a - b) ** 2 for a, b in zip(COLORS[c], rgb)))
-
-
-def dominant_colour(img_3HW) -> str:
-    """Palette colour of the border pixels (the background fills the border)."""
-    x = ((img_3HW.clamp(-1, 1) + 1) * 127.5)
-    border = torch.cat([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], dim=1)  # [3, 4W]
-    return nearest_colour(border.mean(dim=1).tolist())
-
-
-def parse_caption(text: str) -> dict:
-    """'a red circle at the top left on blue' -> fields (missing ones stay None)."""
-    from hydra_dist.data.synthetic import COLORS, SHAPES
-    words = text.replace(",", " ").split()
-    colours = [w for w in words if w in COLORS]
-    shapes = [w for w in words if w in SHAPES]
-    return {"fg": colours[0] if colours else None, "shape": shapes[0] if shapes else None,
-            "bg": colours[-1] if len(colours) > 1 else None}
-
-
-def evaluate(model, tok, size: int, n: int, tok_model=None, steps: int = 20,
-             cfg_scale: float = 3.0, generated: list | None = None) -> dict:
-    """Accuracies; generated images (with their prompts) are appended to `generated`."""
-    from hydra_dist.data.collate import image_to_tensor
-    from hydra_dist.data.synthetic import make_sample
-    from hydra_dist.models import sampling
-    hits = {"fg": 0, "shape": 0, "bg": 0, "gen_bg": 0}
-    for i in range(n):
-        img, caption, attrs = make_sample(i, HELD_OUT_SEED, size)
-        got = parse_caption(sampling.answer(model, tok, image_to_tensor(img, size), "", 48))
-        for k in ("fg", "shape", "bg"):
-            hits[k] += int(got[k] == attrs[k])
-        if tok_model is not None:
-            from hydra_dist.models.tokenizer.decoder import euler_sample
-            mu = sampling.generate_latent(model, tok, caption, steps, cfg_scale, seed=i)
-            noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(i))
-            out = euler_sample(tok_model.decoder, mu, noise, steps)[0]
-            hits["gen_bg"] += int(dominant_colour(out) == attrs["bg"])
-            if generated is not None:
-                generated.append((caption, out))
-    res = {f"{k}_acc": v / n for k, v in hits.items() if k != "gen_bg" or tok_model is not None}
-    res.update(n=n, chance_colour=1 / 8, chance_shape=1 / 3)
-    return res
-
+from hydra_dist.train.evaluation import evaluate
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="hydra-eval-shapes", description=__doc__,

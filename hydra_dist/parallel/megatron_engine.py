@@ -256,6 +256,14 @@ class MegatronEngine:
     def get_global_grad_norm(self) -> float:
         return self.grad_norm
 
+    def optimizer_param_names(self) -> list:
+        """The state-dict name of every parameter the optimizer steps, in its order (the order
+        of torch's optimizer state indices): what makes the saved Adam state layout-free."""
+        ids = {id(p): n for c in self.model.chunks for n, p in c.named_parameters()}
+        if self.master is not None:
+            ids.update({id(m): n for n, m in self.master.named_masters().items()})
+        return [ids[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+
     # --- checkpoints (the DeepSpeed-engine interface CheckpointManager calls) -------------
     def state_dict(self) -> dict:
         """Under bf16 the weights saved are the fp32 master values (the bf16 copy is their
@@ -297,7 +305,10 @@ class MegatronEngine:
             save_file({k: v.detach().contiguous() for k, v in sd["model"].items()}, str(model_f),
                       metadata={"layout": json.dumps({"tp": self.layout.tp, "pp": self.layout.pp,
                                                       "virtual_pp": self.cfg.parallel.virtual_pp})})
-            torch.save({"optimizer": sd["optimizer"], "scheduler": sd["scheduler"]}, optim_f)
+            # param_names: another TP/PP layout finds each parameter's Adam state by name
+            # (checkpoint/megatron_reshard.py)
+            torch.save({"optimizer": sd["optimizer"], "scheduler": sd["scheduler"],
+                        "param_names": self.optimizer_param_names()}, optim_f)
 
     def load_checkpoint(self, root: str, tag: str):
         from safetensors.torch import load_file
@@ -306,6 +317,7 @@ class MegatronEngine:
         if not model_f.is_file():
             return None, None
         rest = torch.load(optim_f, map_location="cpu", weights_only=True)
+        rest.pop("param_names", None)
         self.load_state_dict({"model": load_file(str(model_f)), **rest})
         return str(folder), {}
 

@@ -182,7 +182,8 @@ ALEX = [(64, 11, 4, 2), "P", (192, 5, 1, 2), "P", (384, 3, 1, 1), (256, 3, 1, 1)
 
 def lpips_trunk_fwd(net: str, n_img: int, size: int) -> float:
     """Forward FLOPs of the LPIPS trunk up to its last tap (+ the 1x1 linear heads)."""
-    size = max(size, 16 if net == "vgg" else 64)
+    from hydra_dist.models.tokenizer.lpips import MIN_SIZE
+    size = max(size, MIN_SIZE[net])   # what LPIPS.taps_of runs the trunk at
     total, c_prev, s = 0.0, 3, size
     if net == "vgg":
         for x in VGG16:

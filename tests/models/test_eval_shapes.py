@@ -1,5 +1,5 @@
 """The learning-evidence measures themselves: caption parsing and dominant colour."""
-from hydra_dist.cli.eval_shapes import dominant_colour, parse_caption
+from hydra_dist.train.evaluation import dominant_colour, parse_caption
 from hydra_dist.data.collate import image_to_tensor
 from hydra_dist.data.synthetic import make_sample
 

@@ -92,7 +92,7 @@ def test_lpips_against_a_hand_computation(tmp_path, net):
     from hydra_dist.models.tokenizer.lpips import LPIPS, NETS
     trunk, lins = _lpips_files(tmp_path, net)
     lp = LPIPS(net, str(tmp_path / "trunk.pth"), str(tmp_path / "lin.pth"))
-    size = 32 if net == "vgg" else 64
+    size = 32 if net == "vgg" else 48   # both above the trunk's floor: no upsampling
     x, y = images(2, size, 1), images(2, size, 2)
     got = lp(x, y)
     # by hand: slices of the torchvision trunk between taps, unit-normalise, weight, average
@@ -112,6 +112,25 @@ def test_lpips_against_a_hand_computation(tmp_path, net):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert lp(x, x).abs().max().item() < 1e-6
     assert not any(p.requires_grad for p in lp.parameters())
+
+
+@pytest.mark.parametrize("net,floor", [("alex", 31), ("vgg", 16)])
+def test_lpips_upsamples_only_below_the_trunks_floor(tmp_path, net, floor):
+    """The floor is the formula's (conv / pool output sizes), the trunk really fails one pixel
+    below it, and an image at or above it is scored as given, as the reference does."""
+    from hydra_dist.models.tokenizer.lpips import LPIPS, MIN_SIZE, NETS, build_trunk, min_input_size
+    trunk = build_trunk(net)
+    assert min_input_size(trunk, NETS[net][0][-1]) == MIN_SIZE[net] == floor
+    with pytest.raises(RuntimeError):
+        trunk[:NETS[net][0][-1] + 1](torch.zeros(1, 3, floor - 1, floor - 1))
+    assert trunk[:NETS[net][0][-1] + 1](torch.zeros(1, 3, floor, floor)).shape[-1] >= 1
+    _lpips_files(tmp_path, net)
+    lp = LPIPS(net, str(tmp_path / "trunk.pth"), str(tmp_path / "lin.pth"))
+    x = images(1, floor, 1)
+    first = lp.taps_of(x)[0]
+    assert torch.equal(first, lp.features[:NETS[net][0][0] + 1]((x - lp.shift) / lp.scale))
+    small = images(1, floor - 1, 1)                    # below: upsampled to the floor
+    assert lp.taps_of(small)[0].shape == first.shape
 
 
 def test_lpips_without_weights_is_a_config_error():

@@ -37,6 +37,16 @@ def test_zero3_two_processes_checkpoint_mlflow_and_exact_resume(tmp_path):
     hist = client.get_metric_history(run.info.run_id, "ntp_loss")
     assert sorted(h.step for h in hist) == [1, 2, 3, 4, 5, 6]
     assert run.data.params["parallel.zero_stage"] == "3"
+    # the held-out probe ran at the last step (ZeRO-3, both ranks in lockstep): accuracies and
+    # the captions themselves reach MLflow
+    for k in ("eval/fg_acc", "eval/shape_acc", "eval/bg_acc"):
+        hist = client.get_metric_history(run.info.run_id, k)
+        assert [h.step for h in hist] == [6] and 0.0 <= hist[0].value <= 1.0
+    caps = json.loads((a / "samples" / "captions_step00000006.json").read_text())
+    assert len(caps) == 8 and all(set(c) == {"caption", "truth"} for c in caps)
+    assert "captions_step00000006.json" in [f.path.rsplit("/", 1)[-1]
+                                            for f in client.list_artifacts(run.info.run_id, "samples")]
+    assert "held-out step 6:" in res.stdout
 
     # interrupted at step 3, then the same command again resumes and finishes
     res = run_torchrun(2, BASE + [f"output_dir={b}", "train.stop_at_step=3"], timeout=400)

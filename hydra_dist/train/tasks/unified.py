@@ -9,7 +9,9 @@ either way the gradient is that of the exact global mean.
 """
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -89,7 +91,7 @@ class UnifiedTask:
     log_names = {"loss": "loss", "ntp": "ntp_loss", "fm": "fm_loss"}
 
     def __init__(self, cfg: RunConfig):
-        self.cfg, self.grid, self.padding_share = cfg, None, 0.0
+        self.cfg, self.grid, self.probe, self.padding_share = cfg, None, None, 0.0
 
     def build_engine(self, layout):
         cfg = self.cfg
@@ -137,24 +139,40 @@ class UnifiedTask:
 
     def on_start(self, engine, layout, tracker, fresh):
         cfg = self.cfg
-        if not (cfg.model.tokenizer_from and cfg.train.eval_every):
+        if not cfg.train.eval_every:
             return
         if cfg.parallel.engine != "deepspeed":  # the sampler needs the whole model in one place
-            log.info("train.eval_every: no sample grids on the megatron engine (sample from a "
-                     "checkpoint with hydra-generate, which reads its shards)")
+            log.info("train.eval_every: no held-out captions or sample grids on the megatron "
+                     "engine (evaluate a checkpoint with hydra-eval-shapes / hydra-generate, "
+                     "which read its shards)")
             return
         from hydra_dist.data.tokenizer import load_tokenizer
 
-        from ..evaluation import SampleGrid
-        self.grid = SampleGrid(cfg, load_tokenizer(cfg.data.tokenizer))
+        from ..evaluation import SampleGrid, ShapesProbe
+        tok = load_tokenizer(cfg.data.tokenizer)
+        self.grid = SampleGrid(cfg, tok) if cfg.model.tokenizer_from else None
+        self.probe = ShapesProbe(cfg, tok, self.grid.tok_model if self.grid else None)
 
     def evaluate(self, engine, step, layout, tracker):
         every = self.cfg.train.eval_every
-        if self.grid is not None and (step % every == 0 or step == self.cfg.train.steps):
-            Phase.set("sample grid")
+        if self.probe is None or not (step % every == 0 or step == self.cfg.train.steps):
+            return
+        Phase.set("held-out evaluation")
+        acc, captions = self.probe.run(engine.module)
+        if self.grid is not None:
             imgs = self.grid.images(engine.module)
-            if layout.holds_loss:
-                tracker.log_image_grid(imgs, "generated", step)
+        if not layout.holds_loss:
+            return
+        tracker.log_metrics({f"eval/{k}": v for k, v in acc.items() if k.endswith("_acc")}, step)
+        out = Path(self.cfg.output_dir) / "samples" / f"captions_step{step:08d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(captions, indent=1))
+        tracker.log_artifact(str(out), "samples")
+        log.info("held-out step %d: %s; e.g. %r (truth %r)", step,
+                 " ".join(f"{k} {v:.2f}" for k, v in acc.items() if k.endswith("_acc")),
+                 captions[0]["caption"], captions[0]["truth"])
+        if self.grid is not None:
+            tracker.log_image_grid(imgs, "generated", step)
 
     def on_finish(self, engine, run_dir, step, layout, tracker, finished):
         return {}
