@@ -1,4 +1,4 @@
-"""torchrun worker of bench_reshard.py: build the engine as the trainer does, time
+"""torchrun worker of bench_reshard.py: build the engine (DeepSpeed or megatron) as the trainer does, time
 CheckpointManager.load of the run's latest checkpoint, and report the peak resident memory it
 added on this rank. Writes one JSON line per rank to OUT."""
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 from hydra_dist.checkpoint import CheckpointManager
 from hydra_dist.config import load_config
 from hydra_dist.distributed.init import init_distributed, shutdown
-from hydra_dist.parallel.deepspeed_engine import build_deepspeed
-from hydra_dist.train.run_setup import build_model, resolve_batch
+from hydra_dist.train.run_setup import resolve_batch
+from hydra_dist.train.tasks.unified import UnifiedTask
 
 
 def rss_peak_mb() -> float:
@@ -31,7 +31,7 @@ def main(out: str, args: list) -> None:
     layout = init_distributed(p.tp, p.pp, p.timeout_s, p.backend)
     try:
         resolve_batch(cfg, layout)
-        engine = build_deepspeed(build_model(cfg, layout), cfg)
+        engine = UnifiedTask(cfg).build_engine(layout).state_engine   # as the trainer does
         ckpt = CheckpointManager(Path(cfg.output_dir) / "checkpoints", 2, layout.rank)
         tag = ckpt.latest()
         dist.barrier()

@@ -155,8 +155,7 @@ def test_megatron_pp2_resumes_on_pp1_with_its_optimizer_state(tmp_path):
             "only on its own TP and PP sizes (tp=1 pp=2)") in res.stdout, res.stdout[-3000:]
 
 
-@pytest.mark.slow   # bf16 on CPU, 2 processes, three runs: ~4 min
-def test_megatron_bf16_tp2_resumes_on_pp2(tmp_path):
+def test_megatron_bf16_tp2_resumes_on_pp2(tmp_path):   # ~1 min
     """bf16: the fp32 masters (not the bf16 weights) are what moves; TP slices merge and the
     layers move to the other pipeline stage."""
     tp2 = ["parallel.tp=2", "parallel.pp=1", "parallel.precision=bf16"]
