@@ -403,6 +403,14 @@ def _check_megatron_layout(cfg: RunConfig) -> list[tuple[str, str]]:
     if p.engine != "megatron":
         if p.virtual_pp != 1:
             errs.append(("parallel.virtual_pp", "virtual pipeline stages need parallel.engine=megatron"))
+        if p.precision == "bf16" and p.zero_stage == 0:
+            # DeepSpeed keeps fp32 master weights and fp32 gradient accumulation only inside a
+            # ZeRO optimizer: without one its engine stops at start ("unsupported mix of
+            # model_dtype=torch.bfloat16 and grad_accum_dtype=torch.float32")
+            errs.append(("parallel.zero_stage", "0 with parallel.precision=bf16: DeepSpeed has "
+                         "no fp32 master weights or fp32 gradient accumulation without ZeRO; use "
+                         "parallel.zero_stage=1 (fp32 masters sharded over DP, weights and "
+                         "gradients whole as in ZeRO-0) or parallel.engine=megatron"))
         return errs
     if p.zero_stage != 0:
         errs.append(("parallel.zero_stage", "the megatron engine does its own DP gradient "

@@ -35,6 +35,11 @@ CASES = {
                                    ["command line: data.path: /nonexistent is not an MDS folder"]),
     "misspelt_section_cmdline": ("args", ["configs/tiny_cpu.yaml", "chekpoint.every=5"],
                                  ["command line: chekpoint: unknown key"]),
+    # DeepSpeed itself would stop only at engine start, on every rank, with NotImplementedError
+    "bf16_without_zero": ("args2", ["configs/tiny_cpu.yaml", "parallel.precision=bf16",
+                                    "parallel.zero_stage=0"],
+                          ["parallel.zero_stage: 0 with parallel.precision=bf16: DeepSpeed has no "
+                           "fp32 master weights"]),
 }
 
 
