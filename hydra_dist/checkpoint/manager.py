@@ -31,7 +31,7 @@ import torch.distributed as dist
 from hydra_dist.export.manifest import MANIFEST, file_hash, verify, write_manifest
 
 from .megatron_reshard import load_megatron_resharded
-from .reshard import load_resharded
+from .reshard import load_resharded, load_resharded_zero0
 
 log = logging.getLogger("hydra_dist")
 
@@ -54,7 +54,8 @@ def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]
     """Resuming needs the same engine and, on the DeepSpeed engine, the same PP and ZeRO stage.
     A new DP size works on every engine: the megatron engine and ZeRO-0 hold whole state per
     replica, ZeRO-1/2/3 state is re-partitioned from the files (reshard.py), which also covers
-    a new TP size under ZeRO-1/2/3. The megatron engine's state is found by name on any TP and
+    a new TP size under ZeRO-1/2/3; a ZeRO-0 TP change reads the module and torch-optimizer
+    states by name (reshard.load_resharded_zero0). The megatron engine's state is found by name on any TP and
     PP size (megatron_reshard.py). True when re-partitioning is needed; a layout that cannot be
     resumed is refused here, before anything loads, naming both."""
     def fmt(x):
@@ -63,15 +64,14 @@ def check_resume_layout(folder: Path, saved: Dict[str, Any], now: Dict[str, Any]
              "model.init_from=OUT (the optimizer and data order restart)")
     megatron = saved["engine"] == now["engine"] == "megatron"
     zero = now["engine"] == "deepspeed" and now["zero_stage"] > 0
-    fixed = ("engine",) if megatron else ("engine", "pp", "zero_stage") if zero else \
-        ("engine", "tp", "pp", "zero_stage")
+    fixed = ("engine",) if megatron else ("engine", "pp", "zero_stage")
     if any(saved[k] != now[k] for k in fixed):
-        what = "engine, PP and ZeRO stage" if zero else "engine, TP, PP and ZeRO stage"
+        what = "engine" if megatron else "engine, PP and ZeRO stage"
         raise RuntimeError(f"{folder}: saved as {fmt(saved)}, this run is {fmt(now)}; resuming "
                            f"needs the same {what}; {fresh}")
-    if megatron:
+    if megatron or not zero:   # whole state per replica: only a TP / PP change re-partitions
         return saved["tp"] != now["tp"] or saved["pp"] != now["pp"]
-    return zero and (saved["dp"] != now["dp"] or saved["tp"] != now["tp"])
+    return saved["dp"] != now["dp"] or saved["tp"] != now["tp"]
 
 
 def _barrier():
@@ -238,6 +238,11 @@ class CheckpointManager:
                      saved["pp"], now["tp"], now["pp"])
             from megatron.core import parallel_state as ps
             load_megatron_resharded(engine, folder, now["tp"], ps.get_tensor_model_parallel_rank())
+        elif reshard and now["zero_stage"] == 0:
+            log.info("%s was saved with TP=%d, this run has TP=%d: filling the ZeRO-0 weights "
+                     "and Adam state from the files", folder, saved["tp"], now["tp"])
+            from megatron.core import parallel_state as ps
+            load_resharded_zero0(engine, folder, now["tp"], ps.get_tensor_model_parallel_rank())
         elif reshard:
             log.info("%s was saved with DP=%d TP=%d, this run has DP=%d TP=%d: re-partitioning "
                      "the ZeRO-%d state from the files", folder, saved["dp"], saved["tp"],

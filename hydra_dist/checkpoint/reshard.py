@@ -155,3 +155,74 @@ def load_resharded(engine, folder: Path, zero_stage: int, tp: int, tp_rank: int)
     log.info("resharded %s onto DP rank %d: %d parameters (%.1f M values), fp32 masters and Adam "
              "moments from the ZeRO-%d files, Adam step %d", folder, dp_rank, len(names), n / 1e6,
              zero_stage, step)
+
+
+def load_resharded_zero0(engine, folder: Path, tp: int, tp_rank: int) -> None:
+    """ZeRO-0 (fp32: DeepSpeed steps the torch optimizer itself, whole state on every replica)
+    saved under another TP size. Weights come TP-merged from the module states
+    (export.ds_reader.ZeroCheckpoint); the torch optimizer's state in each mp_rank file is read
+    tensor by tensor (seek + read). Its indices follow param_groups(), which orders the same
+    parameters the same way on every TP size, so index i is the same name in both layouts
+    (checked by count and shape)."""
+    from hydra_dist.export.ds_reader import OnDisk, ZeroCheckpoint, load_meta
+    from hydra_dist.models.partition import merge_tp, split_tp
+    weights = ZeroCheckpoint(folder, state="fp32")
+    files = [folder / f"mp_rank_{t:02d}_model_states.pt" for t in range(weights.tp)]
+    metas = [load_meta(f) for f in files]
+    opt = engine.optimizer
+    by_id = {id(p): n for n, p in engine.module.named_parameters()}
+    order = [by_id[id(p)] for g in opt.param_groups for p in g["params"]]
+    saved = [m["optimizer"] for m in metas]
+    if saved[0] is None:
+        raise RuntimeError(f"{folder}: mp_rank_00_model_states.pt holds no optimizer state")
+    n_saved = sum(len(g["params"]) for g in saved[0]["param_groups"])
+    if n_saved != len(order):
+        raise RuntimeError(f"{folder}: {n_saved} parameters in the saved optimizer, this model "
+                           f"has {len(order)}")
+
+    def read(f: Path, meta_t: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(meta_t.shape, dtype=meta_t.dtype)
+        OnDisk.of(f, meta_t).read_into(0, out.view(-1))
+        return out
+
+    stored = set(weights.names())
+    missing = sorted(n for n, _ in engine.module.named_parameters() if n not in stored)
+    if missing:
+        raise RuntimeError(f"{folder}: no stored value for {len(missing)} parameters of this "
+                           f"model, e.g. {missing[:3]} (another model?)")
+    with torch.no_grad():
+        for name, t in list(engine.module.named_parameters()) + list(engine.module.named_buffers()):
+            if name in stored:
+                full = split_tp(name, weights.load(name), tp, tp_rank)
+                t.copy_(full.view(t.shape).to(t.dtype))
+    params = [p for g in opt.param_groups for p in g["params"]]
+    state = {}
+    for i, name in enumerate(order):
+        per = [so["state"].get(i) for so in saved]
+        if not per[0]:
+            continue
+        st = {"step": read(files[0], per[0]["step"])}
+        for k in ("exp_avg", "exp_avg_sq"):
+            st[k] = split_tp(name, merge_tp(name, [read(f, s[k]) for f, s in zip(files, per)]),
+                             tp, tp_rank)
+            if st[k].shape != params[i].shape:
+                raise RuntimeError(f"{folder}: the saved {k} of optimizer parameter {i} has shape "
+                                   f"{tuple(st[k].shape)} for TP rank {tp_rank}, {name} has "
+                                   f"{tuple(params[i].shape)}")
+        state[i] = st
+    sd = opt.state_dict()
+    saved_groups = saved[0]["param_groups"]
+    if [g.get("name") for g in saved_groups] != [g.get("name") for g in sd["param_groups"]]:
+        raise RuntimeError(f"{folder}: optimizer groups {[g.get('name') for g in saved_groups]} "
+                           f"saved, this model has {[g.get('name') for g in sd['param_groups']]}")
+    for g, sg in zip(sd["param_groups"], saved_groups):
+        g.update({k: v for k, v in sg.items() if k != "params"})
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    if engine.lr_scheduler is not None and metas[0].get("lr_scheduler") is not None:
+        engine.lr_scheduler.load_state_dict(metas[0]["lr_scheduler"])
+    engine.global_steps = int(metas[0].get("global_steps") or 0)
+    engine.global_samples = int(metas[0].get("global_samples") or 0)
+    engine.skipped_steps = int(metas[0].get("skipped_steps") or 0)
+    log.info("resharded %s (ZeRO-0, tp=%d) onto TP rank %d of %d: %d parameters, %d with Adam "
+             "state", folder, weights.tp, tp_rank, tp, len(order), len(state))

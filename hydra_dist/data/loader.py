@@ -106,7 +106,12 @@ class StreamingBatches:
         self._loaded = state
         self.epoch = int(state["epoch"])
         ranks = state.get("ranks")
-        if ranks and len(ranks) == self.world:
+        # the same ranks reading the same way: same world, DP split and TP/PP replication (a
+        # TP <-> DP trade keeps the world size but changes what each rank reads)
+        same = (ranks and len(ranks) == self.world
+                and int(state.get("global_batch", self.global_batch)) == self.global_batch
+                and int(state.get("replication", self.replication)) == self.replication)
+        if same:
             me = ranks[self.rank]
             self.out = int(state.get("out", 0))
             self._replay_to = (int(me["raw"]), int(me["fifo"]), int(me["cycle"]), bool(me["exhausted"]))
@@ -240,7 +245,8 @@ class StreamingBatches:
         st = self.ds.state_dict(pos, from_beginning=True)
         st["epoch"] = self.epoch
         return {"epoch": self.epoch, "sample_in_epoch": pos, "out": self.out,
-                "global_batch": self.global_batch, "streaming": st, "ranks": ranks}
+                "global_batch": self.global_batch, "replication": self.replication,
+                "streaming": st, "ranks": ranks}
 
     def error_counts(self, all_ranks: bool = False) -> Dict[str, int]:
         """Bad samples skipped so far (this run and the runs it resumed), per source name.

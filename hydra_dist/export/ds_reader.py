@@ -206,7 +206,8 @@ class ZeroCheckpoint:
         if not self.optim:  # ZeRO-0: full tensors in module
             self._stage = 0
             for name, t in ms[0]["module"].items():
-                locs[name] = ParamLoc(_shape(t.shape), [(OnDisk.of(model_files[0], t), 0, t.numel())], t.dtype)
+                if isinstance(t, torch.Tensor):   # megatron layers add `_extra_state: None`
+                    locs[name] = ParamLoc(_shape(t.shape), [(OnDisk.of(model_files[0], t), 0, t.numel())], t.dtype)
             return locs
         opt_files = [self.optim[(mp, dp)] for dp in range(self.dp)]
         osd = [load_meta(p)["optimizer_state_dict"] for p in opt_files]

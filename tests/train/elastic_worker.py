@@ -44,15 +44,20 @@ def main(out: str, args: list) -> None:
         engine = build_deepspeed(build_model(cfg, layout), cfg)
         ckpt = CheckpointManager(Path(cfg.output_dir) / "checkpoints", 2, layout.rank)
         state = ckpt.load(engine, ckpt.latest())
-        link_optimizer_state(engine.optimizer)   # ZeRO-1/2 before a step: see reshard.py
+        if p.zero_stage > 0:
+            link_optimizer_state(engine.optimizer)   # ZeRO-1/2 before a step: see reshard.py
         got = {"step": state["step"], "values": {}}
         for name, prm in engine.module.named_parameters():
             if not prm.requires_grad:
                 continue
-            local = [safe_get_full_fp32_param(prm), safe_get_full_optimizer_state(prm, "exp_avg"),
-                     safe_get_full_optimizer_state(prm, "exp_avg_sq")]
+            if p.zero_stage == 0:   # fp32, no ZeRO: the torch optimizer steps the parameter
+                st = engine.optimizer.state[prm]
+                local = [prm.detach(), st["exp_avg"], st["exp_avg_sq"]]
+            else:
+                local = [safe_get_full_fp32_param(prm), safe_get_full_optimizer_state(prm, "exp_avg"),
+                         safe_get_full_optimizer_state(prm, "exp_avg_sq")]
             got["values"][name] = [whole(name, t.cpu().clone(), p.tp) for t in local]
-        opt = engine.optimizer.optimizer
+        opt = engine.optimizer.optimizer if p.zero_stage > 0 else engine.optimizer
         got["lr"] = [g["lr"] for g in opt.param_groups]
         got["adam_step"] = sorted({float(s["step"]) for s in opt.state.values() if "step" in s})
         got["sched"] = engine.lr_scheduler.state_dict()["last_epoch"]

@@ -44,15 +44,17 @@ def _same_state(a, b):
     assert a["sched"] == b["sched"] and a["step"] == b["step"] == 2
 
 
-def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state, tp=1, saved_ranks=2):
+def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state, tp=1, saved_ranks=2,
+                        logged="re-partitioning the ZeRO"):
     run = tmp_path / f"z{zero}_dp{nproc}_tp{tp}"
     shutil.copytree(saved, run)
     layout = [f"parallel.zero_stage={zero}", f"parallel.tp={tp}"]
     state, out = _state(tmp_path, run, nproc, run.name, layout)
-    assert "re-partitioning the ZeRO" in out, out[-3000:]
+    assert logged in out, out[-3000:]
     _same_state(ref_state, state)
     res = run_torchrun(nproc, COMMON + layout + ["train.steps=4", f"output_dir={run}"], timeout=400)
     assert res.returncode == 0, res.stdout[-4000:]
+    # the DP split changed (on TP=2 DP=1 -> TP=1 DP=2 the world size did not)
     assert (f"checkpoint has {saved_ranks} ranks, this run {nproc}: resuming the epoch at sample 32"
             in res.stdout)
     got = _metrics(run)
@@ -63,11 +65,11 @@ def _resume_and_compare(tmp_path, saved, zero, nproc, reference, ref_state, tp=1
         assert m["lr/" + "llm.decay"] == r["lr/" + "llm.decay"]
 
 
-def _saved_and_reference(tmp_path, zero, tp=1):
+def _saved_and_reference(tmp_path, zero, tp=1, dp=2):
     saved = tmp_path / f"saved_z{zero}_tp{tp}"
     layout = [f"parallel.zero_stage={zero}", f"parallel.tp={tp}"]
     args = COMMON + layout + ["train.steps=4"]
-    n = 2 * tp   # DP=2
+    n = dp * tp
     res = run_torchrun(n, args + [f"output_dir={saved}", "train.stop_at_step=2"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     ref = tmp_path / f"ref_z{zero}_tp{tp}"
@@ -95,6 +97,14 @@ def test_zero3_dp2_resumes_on_dp4_and_zero2_on_dp1(tmp_path):
 def test_zero1_tp2_dp2_resumes_on_tp1_dp2(tmp_path):
     saved, reference, ref_state = _saved_and_reference(tmp_path, 1, tp=2)
     _resume_and_compare(tmp_path, saved, 1, 2, reference, ref_state, tp=1, saved_ranks=4)
+
+
+def test_zero0_tp2_resumes_on_tp1_dp2(tmp_path):
+    """fp32 ZeRO-0 (whole torch-optimizer state per replica) saved on TP=2 continues on TP=1
+    DP=2: the module and optimizer states are merged over TP by name."""
+    saved, reference, ref_state = _saved_and_reference(tmp_path, 0, tp=2, dp=1)
+    _resume_and_compare(tmp_path, saved, 0, 2, reference, ref_state, tp=1, saved_ranks=2,
+                        logged="filling the ZeRO-0 weights and Adam state from the files")
 
 
 # --- the megatron engine: another TP and/or PP size -------------------------------------------
