@@ -18,6 +18,7 @@ VISION_PREFIXES = ("patch.", "gen_vit.", "gsb.", "sem_vit.", "sem_cls.")
 
 @torch.no_grad()
 def load_tokenizer_parts(model: torch.nn.Module, path: str) -> list:
+    from hydra_dist.config.pixel_norm import recorded_in_meta
     from hydra_dist.models.partition import split_tp
 
     from .init_weights import tp_coordinates
@@ -26,7 +27,12 @@ def load_tokenizer_parts(model: torch.nn.Module, path: str) -> list:
         p = p / "tokenizer.pt"
     if not p.is_file():
         raise FileNotFoundError(f"model.tokenizer_from: {path} has no tokenizer.pt")
-    state = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
+    obj = torch.load(p, map_location="cpu", weights_only=True)
+    state = obj["state_dict"]
+    theirs, ours = recorded_in_meta(obj.get("meta") or {}), getattr(getattr(model, "patch", None), "pixel_norm", None)
+    if ours is not None and theirs != ours:   # the tower would see pixels it was never trained on
+        raise ValueError(f"model.tokenizer_from: {p} was trained with model.vit.pixel_norm={theirs}, "
+                         f"this run has {ours}: set model.vit.pixel_norm={theirs} (or auto)")
     params = dict(model.named_parameters())
     tp, rank = tp_coordinates()
     loaded = []

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import yaml
 
 from .paths import check_path_keys
+from .pixel_norm import resolve_pixel_norm
 from .schema import RunConfig, check_layout, check_values
 
 CMDLINE = "command line"
@@ -197,7 +198,7 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     raw = load_raw(resolve_path(path), origin) if path else {}
     apply_overrides(raw, overrides or [], origin)
     cfg = build(RunConfig, raw, origin)
-    errs = check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
+    errs = resolve_pixel_norm(cfg) + check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
     # every path key: exists and has its format (data folders, weights, tokenizers)
     errs += check_path_keys(cfg) if check_files else []
     if errs:

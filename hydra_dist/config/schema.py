@@ -33,6 +33,12 @@ class ViTConfig:
     qk_norm: bool = False          # RMSNorm over the full q / k width (InternViT-6B style)
     layer_scale_init: float = 0.0  # > 0: learned per-channel residual scales (lambda_1, lambda_2)
     use_cls_token: bool = False    # a CLS token in front of the patches (InternViT); Sem-ViT gets its own
+    # What the patch embedding sees: "unit" = pixels in [-1, 1]; "imagenet" = (pixels in [0, 1]
+    # - ImageNet mean) / std per channel, the input InternViT was trained on (InternVL's
+    # preprocessing). "auto" is resolved by load_config (config/pixel_norm.py): imagenet when
+    # the config loads InternViT weights, else the value of the run its vision tower comes
+    # from, else unit. The same formula runs in training, eval, generation and the export.
+    pixel_norm: Literal["auto", "unit", "imagenet"] = "auto"
 
 
 @dataclass

@@ -57,6 +57,8 @@ def _hydra_config(cfg, part: str) -> dict:
               "norm_type": getattr(v, "norm_type", "layer_norm"), "qkv_bias": getattr(v, "qkv_bias", True),
               "qk_norm": getattr(v, "qk_norm", False), "layer_scale_init": getattr(v, "layer_scale_init", 0.0),
               "use_cls_token": v.use_cls_token,
+              # what the patch embedding sees (the processor hands it [-1, 1] pixels)
+              "pixel_norm": "unit" if v.pixel_norm == "auto" else v.pixel_norm,
               "gsb": {"latent_channels": g.latent_channels, "logvar_min": g.logvar_min,
                       "logvar_max": g.logvar_max}}
     out = {"architectures": ["HydraForPretraining"], "model_type": "hydra", "part": part,

@@ -126,11 +126,49 @@ class PrependToken(nn.Module):
         return torch.cat([self.token.expand(x_BND.shape[0], -1, -1), x_BND], dim=1)
 
 
+# InternViT's preprocessing (InternVL: torchvision Normalize after ToTensor), per RGB channel
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def pixel_affine(pixel_norm: str):
+    """(scale, shift) per channel mapping [-1, 1] pixels x to what the patch embedding sees:
+    imagenet: ((x + 1) / 2 - mean) / std = x / (2 std) + (0.5 - mean) / std; unit: None
+    (x as is). "auto" must have been resolved (config/pixel_norm.py); a ViTConfig built by hand
+    in a test keeps [-1, 1]."""
+    if pixel_norm != "imagenet":
+        return None
+    std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
+    return (1 / (2 * std)).view(1, 3, 1, 1), ((0.5 - mean) / std).view(1, 3, 1, 1)
+
+
+def normalise_pixels(img_B3HW: torch.Tensor, pixel_norm: str, cache: dict | None = None):
+    """[-1, 1] pixels -> the patch embedding's input, computed in fp32, returned in the input's
+    dtype."""
+    if pixel_norm != "imagenet":
+        return img_B3HW
+    key = img_B3HW.device
+    if cache is None or key not in cache:
+        scale, shift = pixel_affine(pixel_norm)
+        aff = (scale.to(key), shift.to(key))
+        if cache is not None:
+            cache[key] = aff
+    else:
+        aff = cache[key]
+    return (img_B3HW.float() * aff[0] + aff[1]).to(img_B3HW.dtype)
+
+
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches -> linear -> (CLS in front) -> + learned positions."""
+    """(pixel normalisation) -> non-overlapping patches -> linear -> (CLS in front) -> +
+    learned positions. The normalisation lives here, the first op every path shares (training,
+    eval, generation, the teacher), so they cannot disagree."""
 
     def __init__(self, v: ViTConfig, std: float):
         super().__init__()
+        self.pixel_norm = "unit" if v.pixel_norm == "auto" else v.pixel_norm
+        # fp32 constants per device, not buffers: module.to(bf16) would round them, and the
+        # checkpoints keep their keys (the config records the choice)
+        self._affine: dict = {}
         self.p = v.patch_size
         n = (v.image_size // v.patch_size) ** 2
         self.proj = nn.Linear(3 * self.p * self.p, v.hidden_size)
@@ -145,6 +183,8 @@ class PatchEmbed(nn.Module):
         return (self.cls + self.cls_pos).expand(batch, -1, -1)
 
     def forward(self, img_B3HW):
+        if self.pixel_norm == "imagenet":
+            img_B3HW = normalise_pixels(img_B3HW, self.pixel_norm, self._affine)
         B, C, H, W = img_B3HW.shape
         p = self.p
         x = img_B3HW.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)

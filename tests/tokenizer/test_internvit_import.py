@@ -86,3 +86,29 @@ def test_import_refuses_mismatched_options(tmp_path, megatron_tp1):
     cfg = tiny_cfg("model.vit.use_cls_token=true")  # no layer scale, q/k/v bias on
     with pytest.raises(ValueError, match="model.vit.layer_scale_init"):
         import_into_teacher(TeacherViT(cfg.model.vit, 0.02), tmp_path / "hf")
+
+
+def test_imagenet_pixel_norm_feeds_internvit_what_internvl_feeds_it(tmp_path, megatron_tp1):
+    """With model.vit.pixel_norm=imagenet (what auto resolves to when InternViT is loaded), our
+    teacher and student on [-1, 1] pixels equal HF's InternViT on InternVL's preprocessing
+    (pixels in [0, 1], ImageNet mean/std); on unit pixels they would not."""
+    from hydra_dist.export.internvit import import_into_student, import_into_teacher
+    from hydra_dist.models.tokenizer import HydraTok, TeacherViT
+    hf = hf_tiny(tmp_path)
+    cfg = tiny_cfg(*VIT_OPTS, "model.vit.pixel_norm=imagenet")
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    ref = hf_block_outputs(hf, ((x + 1) / 2 - mean) / std)
+    teacher = TeacherViT(cfg.model.vit, 0.02)
+    import_into_teacher(teacher, tmp_path / "hf")
+    for a, b in zip(teacher(x), ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    student = HydraTok(cfg)
+    import_into_student(student, tmp_path / "hf")
+    with torch.no_grad():
+        _, gen_hidden, *_ = student.encode(x)
+    for a, b in zip(gen_hidden, ref[:2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    unit = hf_block_outputs(hf, x)
+    assert (unit[-1] - ref[-1]).norm() / ref[-1].norm() > 0.05

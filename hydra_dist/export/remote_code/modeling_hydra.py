@@ -94,6 +94,10 @@ class GeluMLP(nn.Module):
 
 
 # --- HYDRA-TOK ------------------------------------------------------------------------------
+IMAGENET_MEAN = (0.485, 0.456, 0.406)   # InternViT's preprocessing (torchvision Normalize)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, v):
         super().__init__()
@@ -102,11 +106,18 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Linear(3 * self.p * self.p, v["hidden_size"])
         self.pos = nn.Parameter(torch.zeros(1, n, v["hidden_size"]))
         self.use_cls = v.get("use_cls_token", False)
+        # imagenet: ((x + 1) / 2 - mean) / std per channel in fp32, InternViT's input (exports
+        # from before the key fed [-1, 1] as is)
+        self.pixel_norm = v.get("pixel_norm", "unit")
         if self.use_cls:  # InternViT: a CLS token with its own position in front of the patches
             self.cls = nn.Parameter(torch.zeros(1, 1, v["hidden_size"]))
             self.cls_pos = nn.Parameter(torch.zeros(1, 1, v["hidden_size"]))
 
     def forward(self, img):
+        if self.pixel_norm == "imagenet":
+            mean = torch.tensor(IMAGENET_MEAN, device=img.device).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=img.device).view(1, 3, 1, 1)
+            img = (img.float() * (1 / (2 * std)) + (0.5 - mean) / std).to(img.dtype)
         B, C, H, W = img.shape
         p = self.p
         x = img.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
