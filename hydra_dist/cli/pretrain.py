@@ -90,8 +90,11 @@ def launch_local(torchrun_args: list) -> int:
         relay()
 
     old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # inherited by torchrun and the ranks
+    # torchrun sets OMP_NUM_THREADS=1 per rank when unset and prints a banner saying so; set it
+    # here the same way (a value the user exported is kept), so the banner does not open the log
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *torchrun_args],
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     signal.signal(signal.SIGUSR1, old)
     for name in FORWARDED:
         signal.signal(getattr(signal, name), on_signal)

@@ -13,7 +13,6 @@ import torch
 from launch import REPO, run_torchrun
 
 WORKER = REPO / "tests" / "train" / "elastic_worker.py"
-MG_WORKER = REPO / "tests" / "train" / "megatron_elastic_worker.py"
 MG = ["parallel.engine=megatron", "parallel.zero_stage=0"]
 BF16_LOSS_BOUND = 1e-2   # relative; bf16 matmuls split over another TP size round differently
 # global batch 16 = micro 4 x grad_accum x dp holds on 1, 2 and 4 processes
@@ -26,10 +25,10 @@ def _metrics(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _state(tmp_path, run, nproc, tag, layout, worker=WORKER):
+def _state(tmp_path, run, nproc, tag, layout):
     out = tmp_path / f"{tag}.pt"
     res = run_torchrun(nproc, [str(out), *COMMON, *layout, f"output_dir={run}"],
-                       script=worker, timeout=400)
+                       script=WORKER, timeout=400)
     assert res.returncode == 0, res.stdout[-4000:]
     return torch.load(out, weights_only=True), res.stdout
 
@@ -116,7 +115,7 @@ def _mg_saved_and_reference(tmp_path, layout, nproc, name):
     res = run_torchrun(nproc, args + [f"output_dir={saved}", "train.stop_at_step=2"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     shutil.copytree(saved, ref)
-    ref_state, _ = _state(tmp_path, ref, nproc, ref.name, MG + layout, worker=MG_WORKER)
+    ref_state, _ = _state(tmp_path, ref, nproc, ref.name, MG + layout)
     res = run_torchrun(nproc, args + [f"output_dir={ref}"], timeout=600)
     assert res.returncode == 0, res.stdout[-4000:]
     return saved, _metrics(ref), ref_state
@@ -126,7 +125,7 @@ def _mg_resume_and_compare(tmp_path, saved, layout, nproc, reference, ref_state,
                            bound=LOSS_BOUND):
     run = tmp_path / ("resumed_" + "_".join(x.split("=")[1] for x in layout))
     shutil.copytree(saved, run)
-    state, out = _state(tmp_path, run, nproc, run.name, MG + layout, worker=MG_WORKER)
+    state, out = _state(tmp_path, run, nproc, run.name, MG + layout)
     assert "filling each stage's weights and Adam state from the files by name" in out, out[-3000:]
     _same_state(ref_state, state)
     res = run_torchrun(nproc, COMMON + MG + layout + ["train.steps=4", f"output_dir={run}"], timeout=600)
