@@ -3,7 +3,8 @@
   hydra-generate RUN --image cat.png [--prompt "..."]                     text (KV cache)
   hydra-generate RUN --prompt "a red circle" --decoder TOK_RUN --out a.png  image (Euler ODE + CFG)
 
-RUN is a training run folder (its config.yaml and latest checkpoint) or a checkpoint folder.
+RUN is a training run folder (its config.yaml and latest checkpoint), a checkpoint folder, or a
+hydra-export-hf folder of the whole model (part all: its shards and the run config it carries).
 TOK_RUN is a HYDRA-TOK run folder (config.yaml + tokenizer.pt) whose pixel flow decoder turns
 latents into pixels. It must be the tokenizer the run's vision tower came from
 (model.tokenizer_from): the latents are made by the run's patch embedding, Gen-ViT and GSB, and
@@ -25,19 +26,32 @@ import torch
 
 
 def load_run(path: str, build):
-    """(cfg, model) from a run/checkpoint folder: weights streamed from its shards (DeepSpeed or
-    megatron engine)."""
+    """(cfg, model) from a run/checkpoint folder (weights streamed from its DeepSpeed or
+    megatron shards) or from a hydra-export-hf folder (its safetensors shards and the run config
+    it carries; the tokenizer it ships when the run used a Hugging Face one)."""
     from hydra_dist.config import load_config
-    from hydra_dist.export.hf_export import resolve_checkpoint
-    from hydra_dist.export.readers import open_checkpoint
-    step_dir, run_dir = resolve_checkpoint(path)
-    cfg = load_config(run_dir / "config.yaml", ["model.attention=reference"])
+    from hydra_dist.export.hf_export import RUN_CONFIG, resolve_checkpoint
+    p = Path(path)
+    if (p / "config.json").is_file() and not (p / "checkpoints").is_dir():
+        from hydra_dist.export.st_io import iter_tensors
+        if not (p / RUN_CONFIG).is_file():
+            raise FileNotFoundError(f"{p}: an export without {RUN_CONFIG} (written by "
+                                    "hydra-export-hf since it records the run's config); export "
+                                    "the checkpoint again, or give the run folder")
+        over = ["model.attention=reference"] + \
+            ([f"data.tokenizer={p}"] if (p / "tokenizer.json").is_file() else [])
+        cfg = load_config(p / RUN_CONFIG, over)
+        where, state = p, {n: load() for n, load in iter_tensors(p)}
+    else:
+        from hydra_dist.export.readers import open_checkpoint
+        step_dir, run_dir = resolve_checkpoint(path)
+        cfg = load_config(run_dir / "config.yaml", ["model.attention=reference"])
+        where, state = step_dir, dict(open_checkpoint(step_dir).items())
     model = build(cfg)
-    state = dict(open_checkpoint(step_dir).items())
     missing, unexpected = model.load_state_dict(state, strict=False)
     wanted = [m for m in missing if not m.startswith("teacher.")]
     if wanted or unexpected:
-        raise RuntimeError(f"{step_dir}: checkpoint does not fit the model: missing {wanted[:5]}, "
+        raise RuntimeError(f"{where}: checkpoint does not fit the model: missing {wanted[:5]}, "
                            f"unexpected {unexpected[:5]}")
     return cfg, model.eval()
 

@@ -31,6 +31,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+RUN_CONFIG = "hydra_run_config.yaml"   # the exported run's resolved config, beside config.json
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(step folder, run folder) from a step folder, a run's checkpoints/ folder or a run folder
     (the latter two: the tag named by `latest`)."""
@@ -145,6 +148,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
     ids = _token_ids(cfg.data.tokenizer)
     hcfg.update({k: v for k, v in ids.items() if k.endswith("token_id")})
     (out / "config.json").write_text(json.dumps(hcfg, indent=1))
+    # the run's resolved config: hydra-generate (and a later model.init_from) rebuild the exact
+    # model from it, with no guessing from config.json
+    shutil.copy2(cfg_path, out / RUN_CONFIG)
     for f in ("configuration_hydra.py", "modeling_hydra.py"):
         shutil.copy2(REMOTE_CODE / f, out / f)
     _write_generation_config(out, ids)

@@ -41,3 +41,27 @@ def test_decoder_must_match_the_runs_encoder_and_stdout_is_only_the_answer(tmp_p
     res = _generate(based, "--image", png, "--max-new-tokens", 4)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(res.stdout.splitlines()) == 1   # the answer, one line, and nothing else
+    # an export of the whole model answers and draws as its run (fp32 export: same weights)
+    _export_matches_its_run(tmp_path, based, tok)
+
+
+def _export_matches_its_run(tmp_path, run, tok):
+    from PIL import Image
+
+    from hydra_dist.data.synthetic import make_sample
+    export = tmp_path / "export"
+    res = subprocess.run([sys.executable, "-m", "hydra_dist.cli.export_hf", str(run), str(export),
+                          "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (export / "hydra_run_config.yaml").is_file()
+    make_sample(3, 987654, 32)[0].save(tmp_path / "q.png")
+    answers = [_generate(src, "--image", tmp_path / "q.png", "--max-new-tokens", 12) for src in (run, export)]
+    for a in answers:
+        assert a.returncode == 0, a.stderr[-3000:]
+    assert answers[0].stdout == answers[1].stdout and answers[0].stdout.strip()
+    pngs = [tmp_path / f"{name}.png" for name in ("from_run", "from_export")]
+    for src, png in zip((run, export), pngs):
+        res = _generate(src, "--prompt", "a red circle", "--decoder", tok, "--out", png, "--steps", 2,
+                        "--decoder-steps", 2)
+        assert res.returncode == 0 and res.stdout == f"{png}\n", res.stderr[-3000:]
+    assert Image.open(pngs[0]).tobytes() == Image.open(pngs[1]).tobytes()
