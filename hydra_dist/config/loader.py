@@ -198,7 +198,8 @@ def load_config(path: str | Path | None = None, overrides: List[str] | None = No
     raw = load_raw(resolve_path(path), origin) if path else {}
     apply_overrides(raw, overrides or [], origin)
     cfg = build(RunConfig, raw, origin)
-    errs = resolve_pixel_norm(cfg) + check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
+    resolve_pixel_norm(cfg)
+    errs = check_values(cfg) + (check_layout(cfg, world_size) if world_size else [])
     # every path key: exists and has its format (data folders, weights, tokenizers)
     errs += check_path_keys(cfg) if check_files else []
     if errs:

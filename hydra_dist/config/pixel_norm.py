@@ -54,17 +54,16 @@ def _from_export(path: str) -> Optional[str]:
     return v.get("pixel_norm", "unit") if v else None
 
 
-def resolve_pixel_norm(cfg) -> list:
-    """Set cfg.model.vit.pixel_norm when it is auto. Returns config errors (none today: every
-    source records its value or predates the key)."""
+def resolve_pixel_norm(cfg) -> None:
+    """Set cfg.model.vit.pixel_norm when it is auto (every source records its value or
+    predates the key, so this never fails)."""
     v = cfg.model.vit
     if v.pixel_norm != "auto":
-        return []
+        return
     if cfg.task == "tokenizer":
         t = cfg.tokenizer
         v.pixel_norm = "imagenet" if (t.init_from or t.teacher_from) else "unit"
-        return []
+        return
     got = (_from_tokenizer(cfg.model.tokenizer_from) if cfg.model.tokenizer_from else None) or \
         (_from_export(cfg.model.init_from) if cfg.model.init_from else None)
     v.pixel_norm = got or "unit"
-    return []

@@ -144,18 +144,14 @@ def pixel_affine(pixel_norm: str):
 
 def normalise_pixels(img_B3HW: torch.Tensor, pixel_norm: str, cache: dict | None = None):
     """[-1, 1] pixels -> the patch embedding's input, computed in fp32, returned in the input's
-    dtype."""
+    dtype. cache: {device: (scale, shift)}, so a module builds its constants once per device."""
     if pixel_norm != "imagenet":
         return img_B3HW
-    key = img_B3HW.device
-    if cache is None or key not in cache:
-        scale, shift = pixel_affine(pixel_norm)
-        aff = (scale.to(key), shift.to(key))
-        if cache is not None:
-            cache[key] = aff
-    else:
-        aff = cache[key]
-    return (img_B3HW.float() * aff[0] + aff[1]).to(img_B3HW.dtype)
+    cache = {} if cache is None else cache
+    if img_B3HW.device not in cache:
+        cache[img_B3HW.device] = tuple(t.to(img_B3HW.device) for t in pixel_affine(pixel_norm))
+    scale, shift = cache[img_B3HW.device]
+    return (img_B3HW.float() * scale + shift).to(img_B3HW.dtype)
 
 
 class PatchEmbed(nn.Module):
@@ -183,8 +179,7 @@ class PatchEmbed(nn.Module):
         return (self.cls + self.cls_pos).expand(batch, -1, -1)
 
     def forward(self, img_B3HW):
-        if self.pixel_norm == "imagenet":
-            img_B3HW = normalise_pixels(img_B3HW, self.pixel_norm, self._affine)
+        img_B3HW = normalise_pixels(img_B3HW, self.pixel_norm, self._affine)
         B, C, H, W = img_B3HW.shape
         p = self.p
         x = img_B3HW.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5)
