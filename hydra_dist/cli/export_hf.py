@@ -3,10 +3,13 @@ TP x PP) -> a Hugging Face folder.
 
 Usage:
   hydra-export-hf CHECKPOINT OUT [--dtype fp32|bf16] [--shard-size 5GB] [--part all|tokenizer]
+                  [--decoder TOK_RUN]
 CHECKPOINT: a step folder (<run>/checkpoints/stepNNNNNNNN), <run>/checkpoints or <run> (latest).
 Runs on CPU with no process group; memory stays near the largest tensor plus one shard.
-OUT loads with transformers.AutoModel.from_pretrained(OUT, trust_remote_code=True), and
-OUT/language_model with transformers.Qwen2ForCausalLM.from_pretrained. See docs/export.md.
+OUT is a complete Hugging Face model (trust_remote_code=True): AutoModelForCausalLM (generate,
+generate_image), AutoProcessor, AutoTokenizer, AutoImageProcessor; OUT/language_model loads
+with transformers.Qwen2ForCausalLM.from_pretrained. The pixel decoder (text -> image) comes
+from the run's model.tokenizer_from, or --decoder. See docs/export.md.
 """
 from __future__ import annotations
 
@@ -29,17 +32,23 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-size", type=int, default=None,
                     help="language_model/ vocabulary rows (default: the imported HF vocabulary "
                          "when the run used model.init_from, else model.llm.vocab_size)")
+    ap.add_argument("--decoder", help="HYDRA-TOK run folder (or its tokenizer.pt) whose pixel "
+                    "decoder goes into the export (default: the run's model.tokenizer_from)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # only DeepSpeed's pickled classes are imported
+    from hydra_dist.logs import quiet_dependencies
+    quiet_dependencies()
     from hydra_dist.export.hf_export import export_checkpoint
     try:
         info = export_checkpoint(args.checkpoint, args.out, args.dtype, args.shard_size, args.part,
-                                 args.config, args.vocab_size, progress=not args.no_progress)
+                                 args.config, args.vocab_size, progress=not args.no_progress,
+                                 decoder=args.decoder)
     except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
         print(f"hydra-export-hf: {e}", file=sys.stderr)
         return 1
-    keep = ("checkpoint", "engine", "zero_stage", "dp", "tp", "pp", "virtual_pp", "tensors", "shards")
+    keep = ("checkpoint", "engine", "zero_stage", "dp", "tp", "pp", "virtual_pp", "tensors", "shards",
+            "decoder")
     print(json.dumps({k: info[k] for k in keep if k in info}))
     return 0
 

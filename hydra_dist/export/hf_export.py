@@ -2,10 +2,16 @@
 Face folder, tensor by tensor.
 
 OUT/
-  model.safetensors.index.json, model-0000i-of-0000N.safetensors   our parameter names
+  model.safetensors.index.json, model-0000i-of-0000N.safetensors   our names for the vision
+      tower, projector and flow head, `decoder.*` (the pixel decoder, when known), the LLM under
+      transformers' Qwen2Model names (`llm.*`, `lm_head.weight`; qwen_map.ours_to_export_name)
   config.json (model_type "hydra", auto_map), configuration_hydra.py, modeling_hydra.py
-  generation_config.json, tokenizer files (or byte_tokenizer.json), hydra_export.json
+  tokenizer files (the run's, or the byte tokenizer's tokenization_hydra.py + config),
+  preprocessor_config.json / processor_config.json (+ their remote code), generation_config.json,
+  README.md (model card), hydra_run_config.yaml, hydra_export.json
   language_model/   the LLM alone as a Qwen2ForCausalLM folder (HF names)
+The pixel decoder comes from the HYDRA-TOK run the vision tower was initialised from
+(model.tokenizer_from) or --decoder; its encoder must be the checkpoint's (else it draws noise).
 Memory: about one merged tensor (readers.open_checkpoint picks the DeepSpeed or the megatron
 reader from the folder's files; both read one tensor's bytes at a time; the writer plans the
 shards up front and writes each tensor's bytes straight to its file). language_model/ is written
@@ -20,14 +26,16 @@ from typing import Optional
 
 import torch
 
-from .qwen_map import VOCAB_TENSORS, hf_config_from_llm, ours_to_hf_name, ours_to_hf_tensors
+from .hf_decoder import load_decoder
+from .hf_files import (write_generation_config, write_json, write_model_card, write_processor,
+                       write_tokenizer)
+from .qwen_map import export_to_hf_name, hf_config_from_llm, ours_to_export_name, resize_vocab
 from .readers import open_checkpoint
 from .st_io import ShardedWriter, iter_tensors, parse_size, read_metadata, tensor_spec
 
 REMOTE_CODE = Path(__file__).with_name("remote_code")
 TOKENIZER_PARTS = ("patch.", "gen_vit.", "gsb.", "sem_vit.", "sem_cls.")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "chat_template.jinja")
+VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -64,9 +72,13 @@ def _hydra_config(cfg, part: str) -> dict:
               "pixel_norm": "unit" if v.pixel_norm == "auto" else v.pixel_norm,
               "gsb": {"latent_channels": g.latent_channels, "logvar_min": g.logvar_min,
                       "logvar_max": g.logvar_max}}
-    out = {"architectures": ["HydraForPretraining"], "model_type": "hydra", "part": part,
-           "auto_map": {"AutoConfig": "configuration_hydra.HydraConfig",
-                        "AutoModel": "modeling_hydra.HydraForPretraining"},
+    auto = {"AutoConfig": "configuration_hydra.HydraConfig",
+            "AutoModel": "modeling_hydra.HydraForPretraining"}
+    if part == "all":
+        auto.update(AutoModelForCausalLM="modeling_hydra.HydraForConditionalGeneration",
+                    AutoModelForImageTextToText="modeling_hydra.HydraForConditionalGeneration")
+    out = {"architectures": ["HydraForConditionalGeneration" if part == "all" else "HydraForPretraining"],
+           "model_type": "hydra", "part": part, "auto_map": auto,
            "vision_config": vision, "torch_dtype": "float32"}
     if part == "all":
         out.update(language_config=hf_config_from_llm(m.llm),
@@ -85,23 +97,6 @@ def _token_ids(tokenizer: str) -> dict:
             "image_token_id": tok.IMG, "tokenizer_vocab_size": tok.vocab_size}
 
 
-def _write_tokenizer(tokenizer: str, out: Path, ids: dict) -> None:
-    if tokenizer == "byte":
-        (out / "byte_tokenizer.json").write_text(json.dumps({
-            "type": "byte", "description": "UTF-8 bytes are token ids 0-255; then 4 specials",
-            "vocab_size": 260, "specials": {"pad": 256, "bos": 257, "eos": 258, "image": 259},
-            "decode": "drop ids >= 256, bytes(...).decode('utf-8', errors='replace')"}, indent=1))
-        return
-    for name in TOKENIZER_FILES:
-        if (Path(tokenizer) / name).is_file():
-            shutil.copy2(Path(tokenizer) / name, out / name)
-
-
-def _write_generation_config(out: Path, ids: dict) -> None:
-    gen = {k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
-    (out / "generation_config.json").write_text(json.dumps({**gen, "do_sample": False}, indent=1))
-
-
 def _hf_vocab_of_init(cfg) -> Optional[int]:
     """The HF vocabulary the run was imported from (model.init_from metadata), if known."""
     src = cfg.model.init_from
@@ -116,7 +111,10 @@ def _hf_vocab_of_init(cfg) -> Optional[int]:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp32",
                       shard_size: str | int = "5GB", part: str = "all", config: Optional[str] = None,
-                      vocab_size: Optional[int] = None, progress: bool = True) -> dict:
+                      vocab_size: Optional[int] = None, progress: bool = True,
+                      decoder: Optional[str] = None) -> dict:
+    """decoder: a HYDRA-TOK run folder or tokenizer.pt whose pixel decoder goes into the export
+    (default: the run's model.tokenizer_from; refused when its encoder is not the checkpoint's)."""
     from tqdm import tqdm
 
     from hydra_dist.config import load_config
@@ -126,6 +124,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
         raise FileNotFoundError(f"{cfg_path}: the run's resolved config (pass --config)")
     cfg = load_config(str(cfg_path), [])
     ck = open_checkpoint(step_dir)  # an unreadable layout fails before OUT is touched
+    dec = load_decoder(decoder, cfg, ck) if part == "all" else None
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
@@ -133,32 +132,44 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
     to = DTYPES[dtype]
     names = [n for n in ck.names() if part == "all" or n.startswith(TOKENIZER_PARTS)]
     max_bytes = parse_size(shard_size)
-    specs = [(n, ck.shape(n), to if ck.dtype(n).is_floating_point else ck.dtype(n)) for n in names]
+    specs = [(ours_to_export_name(n), ck.shape(n), to if ck.dtype(n).is_floating_point else ck.dtype(n))
+             for n in names]
+    dec_tensors = dec.tensors if dec else {}
+    specs += [(n, tuple(t.shape), to) for n, t in dec_tensors.items()]
     w = ShardedWriter(out, max_bytes, specs, {"hydra_part": part})
     largest = 0
     for name in tqdm(names, desc=f"export {step_dir.name}", unit="tensor", disable=not progress):
         t = ck.load(name)
         largest = max(largest, t.numel() * t.element_size())
-        w.add(name, t.to(to) if t.is_floating_point() else t)
+        w.add(ours_to_export_name(name), t.to(to) if t.is_floating_point() else t)
         del t
+    for name, t in dec_tensors.items():
+        w.add(name, t.to(to))
     shards = w.close()
 
     hcfg = _hydra_config(cfg, part)
     hcfg["torch_dtype"] = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
     ids = _token_ids(cfg.data.tokenizer)
     hcfg.update({k: v for k, v in ids.items() if k.endswith("token_id")})
-    (out / "config.json").write_text(json.dumps(hcfg, indent=1))
+    n_img = (cfg.model.vit.image_size // cfg.model.vit.patch_size // cfg.model.head.merge) ** 2
+    if part == "all":
+        hcfg.update(num_image_tokens=n_img, decoder_config=dec.config if dec else None,
+                    image_generation={"num_steps": 20, "guidance_scale": 3.0, "decoder_steps": 20})
+    write_json(out / "config.json", hcfg)
     # the run's resolved config: hydra-generate (and a later model.init_from) rebuild the exact
     # model from it, with no guessing from config.json
     shutil.copy2(cfg_path, out / RUN_CONFIG)
     for f in ("configuration_hydra.py", "modeling_hydra.py"):
         shutil.copy2(REMOTE_CODE / f, out / f)
-    _write_generation_config(out, ids)
-    _write_tokenizer(cfg.data.tokenizer, out, ids)
+    write_generation_config(out, ids)
+    image_token = write_tokenizer(cfg.data.tokenizer, out, REMOTE_CODE)
+    write_processor(out, REMOTE_CODE, cfg, image_token, n_img)
     trainer_state = step_dir / "trainer_state.json"
     info = {"checkpoint": str(step_dir.resolve()), **ck.layout(),
-            "dtype": dtype, "part": part, "tensors": len(names), "shards": len(shards),
+            "dtype": dtype, "part": part, "tensors": len(names) + len(dec_tensors), "shards": len(shards),
+            "decoder": dec.source if dec else None,
             "trainer_state": json.loads(trainer_state.read_text()) if trainer_state.is_file() else None}
+    write_model_card(out, cfg, info, dec is not None)
     if part == "all":
         info["language_model"] = export_language_model(out, cfg, dtype, max_bytes, vocab_size, ids)
     (out / "hydra_export.json").write_text(json.dumps(info, indent=1))
@@ -171,24 +182,24 @@ def export_language_model(out: Path, cfg, dtype: str, max_bytes: int, vocab_size
     """OUT/language_model: a Qwen2ForCausalLM folder streamed from OUT's shards."""
     lm = out / "language_model"
     V = vocab_size or _hf_vocab_of_init(cfg) or cfg.model.llm.vocab_size
-    llm = [(name, load) for name, load in iter_tensors(out) if name.startswith("llm.")]
+    llm = [(export_to_hf_name(name), name, load) for name, load in iter_tensors(out)
+           if export_to_hf_name(name)]
     specs = []
-    for name, _ in llm:
+    for hf_name, name, _ in llm:
         shape, t_dtype = tensor_spec(out, name)
-        if name in VOCAB_TENSORS:
+        if hf_name in VOCAB_ROWS:
             shape = (V, *shape[1:])
-        specs.append((ours_to_hf_name(name), shape, t_dtype))
+        specs.append((hf_name, shape, t_dtype))
     w = ShardedWriter(lm, max_bytes, specs)
-    n = 0
-    for name, load in llm:
-        for hf_name, t in ours_to_hf_tensors(name, load(), V):
-            w.add(hf_name, t)
-            n += 1
+    for hf_name, _, load in llm:
+        t = load()
+        w.add(hf_name, resize_vocab(t, V) if hf_name in VOCAB_ROWS else t)
+    n = len(llm)
     w.close()
     hf = hf_config_from_llm(cfg.model.llm, vocab_size=V,
                             torch_dtype={"fp32": "float32", "bf16": "bfloat16"}[dtype],
                             bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"])
     (lm / "config.json").write_text(json.dumps(hf, indent=1))
-    _write_generation_config(lm, ids)
-    _write_tokenizer(cfg.data.tokenizer, lm, ids)
+    write_generation_config(lm, ids)
+    write_tokenizer(cfg.data.tokenizer, lm, REMOTE_CODE)
     return {"tensors": n, "vocab_size": V}

@@ -77,6 +77,32 @@ def hf_to_ours_name(name: str) -> Optional[str]:
     return None
 
 
+def ours_to_export_name(name: str) -> str:
+    """The name a tensor has in a hydra-export-hf root folder: the LLM under transformers'
+    Qwen2Model names (`llm.layers.N.self_attn.q_proj.weight`, `llm.embed_tokens.weight`) and
+    `lm_head.weight`, the remote code's layout; every other name is ours unchanged."""
+    hf = ours_to_hf_name(name)
+    if hf is None:
+        return name
+    return hf if hf == "lm_head.weight" else "llm." + hf[len("model."):]
+
+
+def export_to_ours_name(name: str) -> str:
+    """Inverse of ours_to_export_name."""
+    if name == "lm_head.weight":
+        return "llm.lm_head.weight"
+    if name.startswith("llm."):
+        return hf_to_ours_name("model." + name[len("llm."):]) or name
+    return name
+
+
+def export_to_hf_name(name: str) -> Optional[str]:
+    """A root export LLM name -> the Qwen2ForCausalLM name (language_model/); None otherwise."""
+    if name == "lm_head.weight":
+        return name
+    return "model." + name[len("llm."):] if name.startswith("llm.") else None
+
+
 def tp_partition_dim(name: str) -> Optional[int]:
     """Partition dim of one of our names or an HF Qwen2 name (None: replicated)."""
     ours = name if name.startswith("llm.") else hf_to_ours_name(name)

@@ -28,16 +28,20 @@ def _pick(logits_V, temperature: float, gen: torch.Generator | None):
 @torch.no_grad()
 def answer(model, tok, image_3HW, prompt: str = "", max_new_tokens: int = 64,
            temperature: float = 0.0, seed: int = 0) -> str:
-    """Text continuation of [BOS, image, prompt]: the image's caption for an empty prompt."""
+    """Text continuation of [BOS, image, prompt] (the image's caption for an empty prompt), or
+    of [BOS, prompt] when image_3HW is None."""
     llm = model.llm
-    vis = model.visual_tokens(model.encode_latent(image_3HW[None]))        # [1, M, H]
-    M = vis.shape[1]
+    M = 0
+    if image_3HW is not None:
+        vis = model.visual_tokens(model.encode_latent(image_3HW[None]))    # [1, M, H]
+        M = vis.shape[1]
     ids = [tok.BOS] + [tok.IMG] * M + tok.encode(prompt)
     L = len(ids)
     emb = llm.embed_tokens(torch.tensor([ids]))
-    emb[:, 1:1 + M] = vis.to(emb.dtype)
     img_ids = torch.zeros(1, L, dtype=torch.long)
-    img_ids[:, 1:1 + M] = 1
+    if M:
+        emb[:, 1:1 + M] = vis.to(emb.dtype)
+        img_ids[:, 1:1 + M] = 1
     cache = _cache(model)
     h = llm(emb, build_mask(torch.ones(1, L, dtype=torch.long), img_ids),
             torch.arange(L)[None], cache)

@@ -60,12 +60,19 @@ def trained(tmp_path_factory):
     return {"tmp": tmp, "hf_dir": hf_dir, "init": init, "run": run, "out": out}
 
 
+def read_names(folder):
+    return set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
+
+
 def test_export_equals_deepspeed_consolidation_and_init_took(trained):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
+    from hydra_dist.export.qwen_map import export_to_ours_name
     from hydra_dist.export.st_io import iter_tensors
     ref = get_fp32_state_dict_from_zero_checkpoint(str(trained["run"] / "checkpoints"), tag="step00000002")
-    got = {n: load() for n, load in iter_tensors(trained["out"])}
+    # the root holds the LLM under transformers' Qwen2Model names, the rest under ours
+    got = {export_to_ours_name(n): load() for n, load in iter_tensors(trained["out"])}
+    assert "llm.layers.0.self_attn.q_proj.weight" in read_names(trained["out"])
     assert set(got) == set(ref)
     for n, t in got.items():
         assert torch.equal(t, ref[n].contiguous()), n

@@ -78,7 +78,9 @@ def test_cls_unified_model_trains_every_part_and_exports(single_process_mp):
     hf_cfg = conf.HydraConfig(**{k: v for k, v in hf_export._hydra_config(cfg, "all").items()
                                  if k not in ("architectures", "model_type", "auto_map")})
     hf = modeling.HydraForPretraining(hf_cfg).eval()
-    ours = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    from hydra_dist.export.qwen_map import ours_to_export_name
+    ours = {ours_to_export_name(k): v for k, v in model.state_dict().items()
+            if not k.endswith("_extra_state")}
     missing, unexpected = hf.load_state_dict(ours, strict=False)
     assert not missing and not unexpected, (missing, unexpected)
     model.eval()

@@ -1,7 +1,13 @@
 """hydra-generate on real tiny runs (issue 20, item 2): a decoder whose encoder is not the one
 the run makes latents with is refused with the reason (the main job's random Gen-ViT/GSB used
 to give grey noise silently), the matching tokenizer run is accepted, and stdout carries only
-the answer or the image path."""
+the answer or the image path. Then the run's export (item 3): hydra-generate on it gives the
+run's answer and pixels, and the export alone, in a process where hydra_dist, deepspeed,
+megatron, streaming and mlflow cannot be imported, gives the same text continuation, the same
+answer about an image and the same image (transformers' generate with its KV cache, the
+processor, the byte tokenizer and the pixel decoder carried in the export)."""
+import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +71,37 @@ def _export_matches_its_run(tmp_path, run, tok):
                         "--decoder-steps", 2)
         assert res.returncode == 0 and res.stdout == f"{png}\n", res.stderr[-3000:]
     assert Image.open(pngs[0]).tobytes() == Image.open(pngs[1]).tobytes()
+    # the export carries the decoder of model.tokenizer_from: no --decoder needed
+    own = tmp_path / "own_decoder.png"
+    res = _generate(export, "--prompt", "a red circle", "--out", own, "--steps", 2, "--decoder-steps", 2)
+    assert res.returncode == 0 and res.stdout == f"{own}\n", res.stderr[-3000:]
+    assert Image.open(own).tobytes() == Image.open(pngs[0]).tobytes()
+    text = _generate(export, "--prompt", "a red circle", "--max-new-tokens", 12)
+    assert text.returncode == 0, text.stderr[-3000:]
+    _transformers_only_matches(tmp_path, export, answers[0].stdout, text.stdout, pngs[0])
+
+
+# image through the export vs hydra-generate: the same fp32 ops on the same weights; measured
+# identical, the bound allows one grey level for a different attention kernel
+IMAGE_TOL = 1
+
+
+def _transformers_only_matches(tmp_path, export, answer, text, png):
+    import numpy as np
+    from PIL import Image
+    out = tmp_path / "hf_only"
+    out.mkdir()
+    res = subprocess.run([sys.executable, str(REPO / "tests/export/hf_only_inference.py"), str(export),
+                          str(tmp_path / "q.png"), "a red circle", str(out)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"),
+                              "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-4000:]
+    r = json.loads((out / "result.json").read_text())
+    assert r["modules"] == [] and r["can_generate"] and r["tokenizer_class"] == "HydraByteTokenizer"
+    assert r["answer"] + "\n" == answer      # same tokens: the byte text is the token sequence
+    assert r["text"] + "\n" == text
+    assert r["chat_ids_equal"]
+    a = np.asarray(Image.open(out / "hf.png"), dtype=int)
+    b = np.asarray(Image.open(png), dtype=int)
+    assert a.shape == b.shape and np.abs(a - b).max() <= IMAGE_TOL and b.std() > 1

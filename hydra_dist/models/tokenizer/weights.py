@@ -105,3 +105,4 @@ def load_tokenizer_run(tok_run: str):
     model = HydraTok(cfg)
     load_tokenizer(model, str(run / "tokenizer.pt"), strict=False)
     return model.eval()
+
