@@ -159,7 +159,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, dtype: str = "fp3
     # the run's resolved config: hydra-generate (and a later model.init_from) rebuild the exact
     # model from it, with no guessing from config.json
     shutil.copy2(cfg_path, out / RUN_CONFIG)
-    for f in ("configuration_hydra.py", "modeling_hydra.py"):
+    for f in ("configuration_hydra.py", "modules_hydra.py", "modeling_hydra.py"):
         shutil.copy2(REMOTE_CODE / f, out / f)
     write_generation_config(out, ids)
     image_token = write_tokenizer(cfg.data.tokenizer, out, REMOTE_CODE)
